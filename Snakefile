@@ -1,0 +1,22 @@
+# prunetime: pre-train -> prune -> retrain, measured against the bounds of THEORY.md.
+# Run: snakemake --cores all [--configfile config/quick.yaml]
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/dense.smk"
+include: "workflow/rules/prune.smk"
+include: "workflow/rules/bounds.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        rules.report.output,
+    default_target: True

@@ -1,0 +1,25 @@
+"""Rule prune: all trials of one (architecture, seed, method, amount)."""
+
+from pathlib import Path
+
+from _common import parser, setup_logging
+
+from prunetime.study import run_prune
+
+if __name__ == "__main__":
+    p = parser(__doc__)
+    p.add_argument("--arch", required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--method", required=True)
+    p.add_argument("--amount", type=float, required=True)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--dense", type=Path, required=True)
+    p.add_argument("--out-masks", type=Path, required=True)
+    p.add_argument("--out-table", type=Path, required=True)
+    a = p.parse_args()
+    log = setup_logging()
+    rows = run_prune(
+        a.params, a.arch, a.seed, a.method, a.amount, a.data, a.dense, a.out_masks, a.out_table,
+        a.device, a.threads,
+    )
+    log.info("pruned %d trials, mean sparsity %.4f", len(rows), sum(r["sparsity"] for r in rows) / len(rows))

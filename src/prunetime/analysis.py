@@ -1,0 +1,154 @@
+"""Bounds per run and summaries per (architecture, method, amount), as tidy tables.
+
+Inputs are the per-job CSVs of pruning and retraining and the dense metrics JSONs; the
+formulas are those of :mod:`prunetime.bounds`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from prunetime import bounds
+from prunetime.io import atomic_path, read_json, write_json
+
+KEYS = ["arch", "seed", "method", "amount", "trial"]
+
+
+def load_runs(
+    prune_tables: Sequence[Path], retrain_tables: Sequence[Path], dense_metrics: Sequence[Path]
+) -> pd.DataFrame:
+    """Join pruning, retraining and dense measurements into one row per retraining run."""
+    pr = pd.concat([pd.read_csv(p) for p in prune_tables], ignore_index=True)
+    rt = pd.concat([pd.read_csv(p) for p in retrain_tables], ignore_index=True)
+    dense = pd.DataFrame([read_json(p) for p in dense_metrics])
+    dense = dense[["arch", "seed", "t_init", "g_init", "loss_star", "test_acc"]].rename(
+        columns={"test_acc": "dense_test_acc"}
+    )
+    runs = pr.merge(rt, on=KEYS, how="inner", validate="one_to_one")
+    if len(runs) != len(rt):
+        raise ValueError("pruning and retraining tables do not match trial for trial")
+    return runs.merge(dense, on=["arch", "seed"], how="left", validate="many_to_one")
+
+
+def add_bounds(runs: pd.DataFrame, mu_ratio: float = 1.0, gamma_quantile: float = 0.0) -> pd.DataFrame:
+    """Per run: lower bound (gamma = 1 and fitted), upper bound, gamma_max, coverage flags.
+
+    gamma is fitted per (architecture, method) on the runs that did not diverge; a capped
+    run counts with its cap, a value the true iteration count can only exceed.
+    """
+    df = runs.copy()
+    df["mu_ratio"] = mu_ratio
+    df["upper"] = bounds.upper_bound(df["d2"], df["eta"], df["eps"])
+    df["lower_g1"] = bounds.lower_bound(df["g_s"], df["g_init"], df["t_init"], 1.0, mu_ratio)
+    df["gamma_max"] = [
+        bounds.gamma_max(r.d2, r.g_init, r.eta, r.eps, r.t_init, r.g_s, mu_ratio)
+        for r in df.itertuples()
+    ]
+    usable = df["status"] != "diverged"
+    df["gamma_fit"] = np.nan
+    for _, idx in df[usable].groupby(["arch", "method"]).groups.items():
+        sub = df.loc[idx]
+        df.loc[idx, "gamma_fit"] = bounds.fit_gamma(sub["iterations"], sub["lower_g1"], gamma_quantile)
+    df["lower_fit"] = df["gamma_fit"] * df["lower_g1"]
+    it = df["iterations"]
+    df["within_g1"] = usable & (it >= df["lower_g1"]) & (it <= df["upper"])
+    df["within_fit"] = usable & (it >= df["lower_fit"]) & (it <= df["upper"])
+    return df
+
+
+def summarize(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """Mean and CI of iterations per (arch, method, amount); diverged runs counted, not averaged."""
+    out = []
+    for (arch, method, amount), g in df.groupby(["arch", "method", "amount"], sort=True):
+        ok = g[g["status"] != "diverged"]
+        mean, lo, hi = bounds.mean_ci(ok["iterations"], level)
+        emean, elo, ehi = bounds.mean_ci(ok["epochs"], level)
+        out.append(
+            {
+                "arch": arch,
+                "method": method,
+                "amount": amount,
+                "n_runs": len(g),
+                "n_converged": int((g["status"] == "converged").sum()),
+                "n_capped": int((g["status"] == "capped").sum()),
+                "n_diverged": int((g["status"] == "diverged").sum()),
+                "sparsity": g["sparsity"].mean(),
+                "iterations_mean": mean,
+                "iterations_ci_lo": lo,
+                "iterations_ci_hi": hi,
+                "epochs_mean": emean,
+                "epochs_ci_lo": elo,
+                "epochs_ci_hi": ehi,
+                "lower_g1_mean": ok["lower_g1"].mean(),
+                "lower_fit_mean": ok["lower_fit"].mean(),
+                "upper_mean": ok["upper"].mean(),
+                "gamma_fit": g["gamma_fit"].dropna().iloc[0] if g["gamma_fit"].notna().any() else np.nan,
+                "gamma_max_median": ok["gamma_max"].median(),
+                "share_within_g1": g["within_g1"].mean(),
+                "share_within_fit": g["within_fit"].mean(),
+                "acc_pruned_mean": g["acc_pruned"].mean(),
+                "test_acc_mean": ok["test_acc"].mean(),
+                "dense_test_acc": g["dense_test_acc"].mean(),
+            }
+        )
+    return pd.DataFrame(out)
+
+
+def headline_metrics(df: pd.DataFrame, dense: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The few numbers a reader (and `dvc metrics`) compares across runs of the study."""
+    metrics: dict[str, Any] = {"dense": {}, "retrain": {}}
+    for d in dense:
+        metrics["dense"][f"{d['arch']}/seed{d['seed']}"] = {
+            "test_acc": round(d["test_acc"], 6),
+            "val_acc": round(d["val_acc"], 6),
+        }
+    for (arch, method), g in df.groupby(["arch", "method"]):
+        ok = g[g["status"] != "diverged"]
+        metrics["retrain"][f"{arch}/{method}"] = {
+            "runs": len(g),
+            "diverged": int((g["status"] == "diverged").sum()),
+            "capped": int((g["status"] == "capped").sum()),
+            "mean_iterations": round(float(ok["iterations"].mean()), 6) if len(ok) else None,
+            "gamma_fit": round(float(g["gamma_fit"].dropna().iloc[0]), 9)
+            if g["gamma_fit"].notna().any()
+            else None,
+            "coverage_fit": round(float(g["within_fit"].mean()), 6),
+            "coverage_gamma1": round(float(g["within_g1"].mean()), 6),
+        }
+    return metrics
+
+
+def write_table(df: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.9g")
+
+
+def run_bounds(
+    config: dict[str, Any],
+    prune_tables: Sequence[Path],
+    retrain_tables: Sequence[Path],
+    dense_metrics: Sequence[Path],
+    out_runs: Path,
+    out_summary: Path,
+    out_dense: Path,
+    out_metrics: Path,
+) -> pd.DataFrame:
+    """The `bounds` job: runs table with bounds, per-amount summary, dense table, headline JSON."""
+    bcfg = config["bounds"]
+    runs = add_bounds(
+        load_runs(prune_tables, retrain_tables, dense_metrics), bcfg["mu_ratio"], bcfg["gamma_quantile"]
+    )
+    runs = runs.sort_values(KEYS).reset_index(drop=True)
+    summary = summarize(runs, bcfg["ci_level"])
+    dense = [read_json(p) for p in dense_metrics]
+    dense_df = pd.DataFrame([{k: v for k, v in d.items() if not isinstance(v, dict)} for d in dense])
+    write_table(runs, out_runs)
+    write_table(summary, out_summary)
+    write_table(dense_df, out_dense)
+    write_json(out_metrics, headline_metrics(runs, dense))
+    return summary

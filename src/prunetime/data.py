@@ -1,0 +1,210 @@
+"""Raw data fetching (torchvision, MD5-verified, offline mirror) and compact prepared tensors.
+
+Training jobs only ever call :func:`load_prepared`, which needs torch alone: torchvision is
+imported inside :func:`prepare_dataset`, so job start-up stays cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from prunetime.io import atomic_path
+
+MIRROR_ENV = "PRUNETIME_DATA_MIRROR"
+
+# Dataset name -> (torchvision class name, sub-folder names a mirror may use for it).
+DATASETS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "mnist": ("MNIST", ("mnist", "MNIST")),
+    "fashion_mnist": ("FashionMNIST", ("fashion-mnist", "fashion_mnist", "FashionMNIST")),
+}
+
+
+class DataError(RuntimeError):
+    """Raw data missing, corrupted or unreachable; the message says which file and what to do."""
+
+
+def _torchvision_class(dataset: str) -> type:
+    if dataset not in DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}; allowed: {sorted(DATASETS)}")
+    from torchvision import datasets  # heavy import, only in the data step
+
+    return getattr(datasets, DATASETS[dataset][0])
+
+
+def md5sum(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve_mirror(dataset: str, mirror: str | os.PathLike[str] | None) -> Path | None:
+    """The folder holding the original .gz files: the config value, else $PRUNETIME_DATA_MIRROR.
+
+    A mirror may hold the files directly or in a per-dataset sub-folder (``mnist/``,
+    ``fashion-mnist/``), so one mirror root can serve several datasets.
+    """
+    value = mirror if mirror not in (None, "") else os.environ.get(MIRROR_ENV) or None
+    if value is None:
+        return None
+    root = Path(value).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data mirror {str(root)!r} (data.mirror / ${MIRROR_ENV}) is not a folder")
+    cls = _torchvision_class(dataset)
+    first = cls.resources[0][0]
+    for candidate in (root, *(root / sub for sub in DATASETS[dataset][1])):
+        if (candidate / first).is_file():
+            return candidate
+    raise DataError(
+        f"data mirror {str(root)!r} holds no {first!r} for dataset {dataset!r} "
+        f"(looked in it and in sub-folders {list(DATASETS[dataset][1])})"
+    )
+
+
+def fetch_raw(dataset: str, root: Path, mirror: str | os.PathLike[str] | None = None) -> Path:
+    """Place the verified original files under ``root/<Class>/raw`` and return that folder.
+
+    Every file's MD5 is checked against torchvision's list, whether copied from the mirror
+    or downloaded; a mismatch raises :class:`DataError` naming the file.
+    """
+    cls = _torchvision_class(dataset)
+    raw = Path(root) / cls.__name__ / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    src = resolve_mirror(dataset, mirror)
+    for filename, md5 in cls.resources:
+        target = raw / filename
+        if src is not None:
+            origin = src / filename
+            if not origin.is_file():
+                raise DataError(f"data mirror {str(src)!r} lacks {filename!r}")
+            actual = md5sum(origin)
+            if actual != md5:
+                raise DataError(
+                    f"MD5 mismatch for {str(origin)!r}: expected {md5}, got {actual} "
+                    "(file truncated or altered; replace it with the original)"
+                )
+            with atomic_path(target) as tmp:
+                shutil.copyfile(origin, tmp)
+        elif not (target.is_file() and md5sum(target) == md5):
+            _download(cls, filename, md5, raw)
+        actual = md5sum(target)
+        if actual != md5:
+            target.unlink()
+            raise DataError(f"MD5 mismatch for {str(target)!r}: expected {md5}, got {actual}")
+    return raw
+
+
+def _download(cls: type, filename: str, md5: str, raw: Path) -> None:
+    import socket
+
+    from torchvision.datasets.utils import download_url
+
+    errors = []
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(8)
+    try:
+        for base in cls.mirrors:
+            try:
+                download_url(f"{base}{filename}", str(raw), filename=filename, md5=md5)
+                return
+            except Exception as exc:  # noqa: BLE001 - every failure means "try the next mirror"
+                errors.append(f"{base}: {exc}")
+    finally:
+        socket.setdefaulttimeout(old)
+    raise DataError(
+        f"could not download {filename!r} ({'; '.join(errors)}). Without network, point "
+        f"${MIRROR_ENV} (or config key data.mirror) at a folder holding the original .gz files"
+    )
+
+
+def prepare_dataset(
+    dataset: str,
+    raw_root: Path,
+    out_path: Path,
+    n_val: int,
+    split_seed: int,
+    mirror: str | os.PathLike[str] | None = None,
+) -> dict[str, int]:
+    """Verify/fetch the raw files, split train into train/val deterministically, save uint8 tensors.
+
+    The output holds images as uint8 [N, 28, 28] and labels as int64, so later jobs load it
+    in milliseconds with ``torch.load(weights_only=True)``.
+    """
+    cls = _torchvision_class(dataset)
+    fetch_raw(dataset, raw_root, mirror)
+    # torchvision extracts the verified .gz files (no download: they pass its MD5 check).
+    train = cls(str(raw_root), train=True, download=True)
+    test = cls(str(raw_root), train=False, download=True)
+    x, y = train.data.clone(), train.targets.clone().long()
+    if not 0 < n_val < len(x):
+        raise DataError(f"data.n_val={n_val} must lie in (0, {len(x)})")
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(split_seed))
+    val_idx, train_idx = perm[:n_val], perm[n_val:]
+    payload = {
+        "train_x": x[train_idx].contiguous(),
+        "train_y": y[train_idx].contiguous(),
+        "val_x": x[val_idx].contiguous(),
+        "val_y": y[val_idx].contiguous(),
+        "test_x": test.data.clone().contiguous(),
+        "test_y": test.targets.clone().long().contiguous(),
+        "meta": {"dataset": dataset, "n_val": n_val, "split_seed": split_seed},
+    }
+    with atomic_path(out_path) as tmp:
+        torch.save(payload, tmp)
+    return {k: len(v) for k, v in payload.items() if k.endswith("_y")}
+
+
+@dataclass
+class Split:
+    """One split as float tensors on the training device (images scaled to [0, 1])."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, idx: torch.Tensor) -> Split:
+        return Split(self.x[idx], self.y[idx])
+
+
+@dataclass
+class Prepared:
+    train: Split
+    val: Split
+    test: Split
+
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+def load_prepared(path: Path, normalize: str = "unit", device: str = "cpu") -> Prepared:
+    """Load prepared tensors as float32 once per job (moved to the device once)."""
+    blob = torch.load(path, weights_only=True)
+
+    def conv(x: torch.Tensor) -> torch.Tensor:
+        out = x.to(torch.float32).div_(255.0).unsqueeze(1)
+        if normalize == "standardize":
+            out = out.sub_(MNIST_MEAN).div_(MNIST_STD)
+        elif normalize != "unit":
+            raise ValueError(f"data.normalize={normalize!r}; allowed: 'unit', 'standardize'")
+        return out.to(device)
+
+    return Prepared(
+        *(Split(conv(blob[f"{s}_x"]), blob[f"{s}_y"].to(device)) for s in ("train", "val", "test"))
+    )
+
+
+def eval_indices(n_val: int, size: int, seed: int) -> torch.Tensor:
+    """The fixed, seeded evaluation subset of the validation split (THEORY.md: Evaluation set)."""
+    if not 0 < size <= n_val:
+        raise ValueError(f"eval.size={size} must lie in (0, {n_val}] (the validation split)")
+    perm = torch.randperm(n_val, generator=torch.Generator().manual_seed(seed))
+    return perm[:size].sort().values

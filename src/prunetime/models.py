@@ -1,0 +1,147 @@
+"""The networks of the retraining studies, registered by name.
+
+Every model exposes its prunable weight tensors in forward order through
+:func:`weight_names`; biases are never pruned and never enter a bound.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+ModelFactory = Callable[[], nn.Module]
+MODELS: dict[str, ModelFactory] = {}
+
+
+def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
+    """Register a model constructor so configs can name it."""
+
+    def deco(factory: ModelFactory) -> ModelFactory:
+        if name in MODELS:
+            raise ValueError(f"model {name!r} registered twice")
+        MODELS[name] = factory
+        return factory
+
+    return deco
+
+
+class LeNet300100(nn.Module):
+    """784-300-100-10 fully connected network (paper: sigmoid hidden units)."""
+
+    def __init__(self, activation: str = "sigmoid") -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(784, 300)
+        self.fc2 = nn.Linear(300, 100)
+        self.fc3 = nn.Linear(100, 10)
+        self.act: nn.Module = nn.Sigmoid() if activation == "sigmoid" else nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(x.shape[0], -1)
+        x = self.act(self.fc1(x))
+        x = self.act(self.fc2(x))
+        return self.fc3(x)
+
+
+class LeNet5Paper(nn.Module):
+    """LeNet-5 as built by John et al.: two 'same' 5x5 convs (6, 16), FC 784-84-10."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 5, padding=2)
+        self.conv2 = nn.Conv2d(6, 16, 5, padding=2)
+        self.fc1 = nn.Linear(16 * 7 * 7, 84)
+        self.fc2 = nn.Linear(84, 10)
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(x.shape[0], 1, 28, 28)
+        x = self.pool(torch.relu(self.conv1(x)))
+        x = self.pool(torch.relu(self.conv2(x)))
+        x = torch.relu(self.fc1(x.flatten(1)))
+        return self.fc2(x)
+
+
+class LeNet5Classic(nn.Module):
+    """Classic LeNet-5 for 28x28 input: conv 6 (pad 2), conv 16 (valid), FC 400-120-84-10."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 5, padding=2)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, 10)
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(x.shape[0], 1, 28, 28)
+        x = self.pool(torch.relu(self.conv1(x)))
+        x = self.pool(torch.relu(self.conv2(x)))
+        x = torch.relu(self.fc1(x.flatten(1)))
+        x = torch.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+@register_model("lenet300100")
+def _lenet300100() -> nn.Module:
+    return LeNet300100("sigmoid")
+
+
+@register_model("lenet300100_relu")
+def _lenet300100_relu() -> nn.Module:
+    return LeNet300100("relu")
+
+
+@register_model("lenet5")
+def _lenet5() -> nn.Module:
+    return LeNet5Paper()
+
+
+@register_model("lenet5_classic")
+def _lenet5_classic() -> nn.Module:
+    return LeNet5Classic()
+
+
+def weight_names(model: nn.Module) -> list[str]:
+    """Names of the prunable weight tensors (conv and linear weights), in forward order."""
+    return [
+        f"{mod_name}.weight"
+        for mod_name, mod in model.named_modules()
+        if isinstance(mod, nn.Linear | nn.Conv2d)
+    ]
+
+
+def init_weights(model: nn.Module, scheme: str, std: float, generator: torch.Generator) -> None:
+    """Initialise weights and biases; 'normal' draws both from N(0, std^2) as in the paper."""
+    if scheme == "default":
+        # PyTorch's own initialisation, made reproducible by reseeding from the generator.
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for mod in model.modules():
+                if isinstance(mod, nn.Linear | nn.Conv2d):
+                    mod.reset_parameters()
+        return
+    if scheme != "normal":
+        raise ValueError(f"unknown init scheme {scheme!r}; allowed: 'normal', 'default'")
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, nn.Linear | nn.Conv2d):
+                mod.weight.copy_(torch.randn(mod.weight.shape, generator=generator) * std)
+                if mod.bias is not None:
+                    mod.bias.copy_(torch.randn(mod.bias.shape, generator=generator) * std)
+
+
+def build_model(name: str) -> nn.Module:
+    """Instantiate a registered model by name, with a clear error for unknown names."""
+    try:
+        factory = MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; allowed: {sorted(MODELS)}") from None
+    return factory()
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

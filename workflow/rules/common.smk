@@ -1,0 +1,45 @@
+# Config validation (before any job), paths and per-job parameter slices.
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+
+from prunetime.config import ConfigError, validate_config
+from prunetime.study import fmt_amount, job_config
+
+try:
+    validate_config(config)
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
+
+STUDY = config["study"]
+RES = f"{config['results_dir']}/{STUDY}"
+LOGS = f"{RES}/logs"
+BENCH = f"{RES}/benchmarks"
+DATASET = config["data"]["dataset"]
+PREPARED = f"{config['data_dir']}/prepared/{DATASET}.pt"
+ARCHS = list(config["architectures"])
+SEEDS = config["seeds"]
+METHODS = config["pruning"]["methods"]
+AMOUNTS = [fmt_amount(a) for a in config["pruning"]["amounts"]]
+THREADS = config["threads"]
+DEVICE = config["device"]
+PYTHON = sys.executable
+
+
+wildcard_constraints:
+    arch="[A-Za-z0-9_]+",
+    seed="[0-9]+",
+    method="[A-Za-z0-9_]+",
+    amount="[0-9.e-]+",
+
+
+def params_json(stage):
+    """The job's config slice as JSON: a param, so a change reruns exactly the affected jobs."""
+    return lambda wc: json.dumps(job_config(config, wc.arch, stage), sort_keys=True)
+
+
+def job_files(pattern):
+    """Every (arch, seed, method, amount) instance of an output pattern."""
+    return expand(pattern, arch=ARCHS, seed=SEEDS, method=METHODS, amount=AMOUNTS)

@@ -1,0 +1,40 @@
+FMT = config["report"]["format"]
+
+
+rule report:
+    input:
+        runs=rules.bounds.output.runs,
+        summary=rules.bounds.output.summary,
+        dense=rules.bounds.output.dense,
+        metrics=rules.bounds.output.metrics,
+        curves=expand(rules.train_dense.output.curve, arch=ARCHS, seed=SEEDS),
+    output:
+        iterations=report(
+            f"{RES}/figures/iterations_vs_sparsity.{FMT}",
+            category="Retraining bounds",
+            caption="../report/iterations.rst",
+        ),
+        accuracy=report(
+            f"{RES}/figures/accuracy_vs_sparsity.{FMT}",
+            category="Retraining bounds",
+            caption="../report/accuracy.rst",
+        ),
+        dense=report(
+            f"{RES}/figures/dense_training.{FMT}",
+            category="Dense training",
+            caption="../report/dense.rst",
+        ),
+        summary_md=f"{RES}/summary.md",
+        summary_html=f"{RES}/summary.html",
+    params:
+        cfg=json.dumps({"report": config["report"], "study": STUDY}, sort_keys=True),
+    log:
+        f"{LOGS}/report.log",
+    benchmark:
+        f"{BENCH}/report.tsv"
+    threads: 1
+    shell:
+        "{PYTHON} scripts/report.py --params {params.cfg:q} --runs {input.runs:q} "
+        "--summary {input.summary:q} --dense {input.dense:q} --metrics {input.metrics:q} "
+        "--curves {input.curves:q} --out-dir {RES}/figures --out-md {output.summary_md:q} "
+        "--out-html {output.summary_html:q} > {log:q} 2>&1"
