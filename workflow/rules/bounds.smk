@@ -15,8 +15,10 @@ rule bounds:
     benchmark:
         f"{BENCH}/bounds.tsv"
     threads: 1
+    conda:
+        "../envs/prunetime.yaml"
     shell:
-        "{PYTHON} scripts/bounds.py --params {params.cfg:q} --prune {input.prune:q} "
+        "python scripts/bounds.py --params {params.cfg:q} --prune {input.prune:q} "
         "--retrain {input.retrain:q} --dense {input.dense:q} --out-runs {output.runs:q} "
         "--out-summary {output.summary:q} --out-dense {output.dense:q} "
         "--out-metrics {output.metrics:q} > {log:q} 2>&1"

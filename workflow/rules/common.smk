@@ -1,4 +1,5 @@
 # Config validation (before any job), paths and per-job parameter slices.
+import copy
 import json
 import sys
 from pathlib import Path
@@ -7,6 +8,13 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from prunetime.config import ConfigError, validate_config
 from prunetime.study import fmt_amount, job_config
+
+# A --configfile replaces config/config.yaml instead of being merged into it, so a preset
+# that drops an architecture or method really drops it. --config overrides still apply.
+if workflow.config_settings.configfiles:
+    _given = copy.deepcopy(dict(workflow.config_settings.overwrite_config))
+    config.clear()
+    config.update(_given)
 
 try:
     validate_config(config)
@@ -25,7 +33,6 @@ METHODS = config["pruning"]["methods"]
 AMOUNTS = [fmt_amount(a) for a in config["pruning"]["amounts"]]
 THREADS = config["threads"]
 DEVICE = config["device"]
-PYTHON = sys.executable
 
 
 wildcard_constraints:

@@ -10,6 +10,8 @@ rule prepare_data:
     benchmark:
         f"{BENCH}/prepare_data_{DATASET}.tsv"
     threads: 1
+    conda:
+        "../envs/prunetime.yaml"
     shell:
-        "{PYTHON} scripts/prepare_data.py --params {params.cfg:q} --raw-root {params.raw:q} "
+        "python scripts/prepare_data.py --params {params.cfg:q} --raw-root {params.raw:q} "
         "--out {output:q} --mirror={params.mirror:q} > {log:q} 2>&1"

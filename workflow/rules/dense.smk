@@ -13,8 +13,10 @@ rule train_dense:
     benchmark:
         f"{BENCH}/train_dense/{{arch}}_seed{{seed}}.tsv"
     threads: THREADS
+    conda:
+        "../envs/prunetime.yaml"
     shell:
-        "{PYTHON} scripts/train_dense.py --params {params.cfg:q} --arch {wildcards.arch} "
+        "python scripts/train_dense.py --params {params.cfg:q} --arch {wildcards.arch} "
         "--seed {wildcards.seed} --data {input.data:q} --ckpt {output.ckpt:q} "
         "--metrics {output.metrics:q} --curve {output.curve:q} --device {params.device} "
         "--threads {threads} > {log:q} 2>&1"

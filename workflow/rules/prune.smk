@@ -14,8 +14,10 @@ rule prune:
     benchmark:
         f"{BENCH}/prune/{{arch}}_seed{{seed}}_{{method}}_s{{amount}}.tsv"
     threads: THREADS
+    conda:
+        "../envs/prunetime.yaml"
     shell:
-        "{PYTHON} scripts/prune.py --params {params.cfg:q} --arch {wildcards.arch} "
+        "python scripts/prune.py --params {params.cfg:q} --arch {wildcards.arch} "
         "--seed {wildcards.seed} --method {wildcards.method} --amount {wildcards.amount} "
         "--data {input.data:q} --dense {input.dense:q} --out-masks {output.masks:q} "
         "--out-table {output.table:q} --device {params.device} --threads {threads} > {log:q} 2>&1"
@@ -38,8 +40,10 @@ rule retrain:
     benchmark:
         f"{BENCH}/retrain/{{arch}}_seed{{seed}}_{{method}}_s{{amount}}.tsv"
     threads: THREADS
+    conda:
+        "../envs/prunetime.yaml"
     shell:
-        "{PYTHON} scripts/retrain.py --params {params.cfg:q} --arch {wildcards.arch} "
+        "python scripts/retrain.py --params {params.cfg:q} --arch {wildcards.arch} "
         "--seed {wildcards.seed} --method {wildcards.method} --amount {wildcards.amount} "
         "--data {input.data:q} --dense {input.dense:q} --dense-metrics {input.dense_metrics:q} "
         "--pruned {input.pruned:q} --out-table {output.table:q} --out-curves {output.curves:q} "

@@ -28,13 +28,16 @@ rule report:
         summary_html=f"{RES}/summary.html",
     params:
         cfg=json.dumps({"report": config["report"], "study": STUDY}, sort_keys=True),
+        figdir=lambda wc, output: str(Path(output.iterations).parent),
     log:
         f"{LOGS}/report.log",
     benchmark:
         f"{BENCH}/report.tsv"
     threads: 1
+    conda:
+        "../envs/prunetime.yaml"
     shell:
-        "{PYTHON} scripts/report.py --params {params.cfg:q} --runs {input.runs:q} "
+        "python scripts/report.py --params {params.cfg:q} --runs {input.runs:q} "
         "--summary {input.summary:q} --dense {input.dense:q} --metrics {input.metrics:q} "
-        "--curves {input.curves:q} --out-dir {RES}/figures --out-md {output.summary_md:q} "
+        "--curves {input.curves:q} --out-dir {params.figdir:q} --out-md {output.summary_md:q} "
         "--out-html {output.summary_html:q} > {log:q} 2>&1"

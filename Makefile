@@ -1,0 +1,35 @@
+# prunetime: one-command setup, runs and tests. Everything installs into .venv/.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CORES ?= all
+
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: setup quick paper test lint report clean
+
+# Pinned, known-good versions (requirements.lock). torch comes from the package registry
+# (its regular build imports torchvision on CPU and uses a GPU when one is present).
+$(VENV)/.installed: requirements.lock pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	$(PY) -m pip install --quiet -c requirements.lock -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+quick: setup  ## the quick preset (about 3 minutes on 2 cores)
+	$(VENV)/bin/snakemake --cores $(CORES) --configfile config/quick.yaml
+
+paper: setup  ## the paper preset (config/config.yaml)
+	$(VENV)/bin/snakemake --cores $(CORES)
+
+test: setup  ## unit tests and the end-to-end quick run on real MNIST
+	$(VENV)/bin/python -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check src scripts tests benchmarks
+	$(VENV)/bin/ruff format --check src scripts tests benchmarks
+	$(VENV)/bin/snakemake --lint --configfile config/quick.yaml
+
+clean:
+	rm -rf results .snakemake

@@ -1,0 +1,150 @@
+"""End to end: the quick preset through Snakemake on real MNIST, then caching behaviour.
+
+The quick run happens once per test session in a scratch copy of the project (as a user
+would run it from a checkout); the rerun tests only dry-run against its finished state.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from prunetime import bounds
+from prunetime.io import read_json
+
+REPO = Path(__file__).resolve().parents[1]
+PROJECT_PARTS = ("Snakefile", "src", "scripts", "workflow", "config", "pyproject.toml")
+
+
+def project_copy(dest: Path) -> Path:
+    """A checkout-like copy of the project (code and config, no data or results)."""
+    for part in PROJECT_PARTS:
+        src = REPO / part
+        if src.is_dir():
+            shutil.copytree(src, dest / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dest / part)
+    return dest
+
+
+def snakemake(workdir: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run Snakemake in ``workdir`` with this interpreter's environment first on PATH."""
+    env = dict(env or os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", *args],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1800,
+    )
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Parse Snakemake's 'Job stats' table of a dry run into {rule: count}."""
+    if "Nothing to be done" in output:
+        return {}
+    table = output.split("Job stats:", 1)[1]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M) if m[1] != "total"}
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory: pytest.TempPathFactory, mnist_mirror: Path) -> Path:
+    workdir = project_copy(tmp_path_factory.mktemp("quick"))
+    env = {**os.environ, "PRUNETIME_DATA_MIRROR": str(mnist_mirror)}
+    res = snakemake(workdir, "--cores", "2", "--configfile", "config/quick.yaml", env=env)
+    assert res.returncode == 0, res.stderr[-5000:]
+    return workdir
+
+
+def write_config(workdir: Path, name: str, edit) -> str:
+    cfg = yaml.safe_load((REPO / "config" / "quick.yaml").read_text())
+    edit(cfg)
+    (workdir / name).write_text(yaml.safe_dump(cfg))
+    return name
+
+
+def test_quick_run_produces_tables_and_figures(quick_run: Path) -> None:
+    res = quick_run / "results" / "quick"
+    cfg = yaml.safe_load((REPO / "config" / "quick.yaml").read_text())
+    for fig in ("iterations_vs_sparsity", "accuracy_vs_sparsity", "dense_training"):
+        path = res / "figures" / f"{fig}.png"
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+    assert (res / "summary.md").stat().st_size > 0
+    runs = pd.read_csv(res / "tables" / "runs.csv")
+    n_expected = (
+        len(cfg["architectures"])
+        * len(cfg["pruning"]["methods"])
+        * len(cfg["pruning"]["amounts"])
+        * cfg["pruning"]["trials"]
+    )
+    assert len(runs) == n_expected
+    assert set(runs["status"]) <= {"converged", "capped", "diverged"}
+    # Exact sparsity without replacement (up to rounding of s * n per tensor).
+    assert (runs["sparsity"] - runs["amount"]).abs().max() < 1e-3
+    # Iterations never exceed the cap; 'capped' means exactly the cap.
+    capped = runs[runs["status"] == "capped"]
+    assert (capped["iterations"] == capped["max_iters"]).all()
+    assert (runs["iterations"] <= runs["max_iters"]).all()
+    # The table's bounds are the formulas applied to the table's own measurements.
+    for r in runs.itertuples():
+        assert math.isclose(r.upper, bounds.upper_bound(r.d2, r.eta, r.eps), rel_tol=1e-6)
+        assert math.isclose(r.lower_g1, r.g_s / r.g_init * r.t_init, rel_tol=1e-6)
+    dense = pd.read_csv(res / "tables" / "dense.csv").set_index("arch")
+    assert dense.loc["lenet300100", "test_acc"] > 0.9  # it really learned MNIST
+    metrics = read_json(res / "metrics.json")
+    assert set(metrics["retrain"]) == {
+        f"{a}/{m}" for a in cfg["architectures"] for m in cfg["pruning"]["methods"]
+    }
+
+
+def test_rerun_with_nothing_changed_does_nothing(quick_run: Path) -> None:
+    res = snakemake(quick_run, "-n", "--configfile", "config/quick.yaml")
+    assert res.returncode == 0, res.stderr
+    assert "Nothing to be done" in res.stdout + res.stderr
+
+
+def test_changing_eps_reruns_only_retraining_of_that_architecture(quick_run: Path) -> None:
+    name = write_config(
+        quick_run, "eps.yaml", lambda c: c["architectures"]["lenet300100"]["retrain"].update(eps=0.02)
+    )
+    res = snakemake(quick_run, "-n", "--configfile", name)
+    assert res.returncode == 0, res.stderr
+    counts = job_counts(res.stdout + res.stderr)
+    cfg = yaml.safe_load((REPO / "config" / "quick.yaml").read_text())
+    per_arch = len(cfg["pruning"]["methods"]) * len(cfg["pruning"]["amounts"])
+    assert counts.get("retrain") == per_arch
+    assert "prune" not in counts and "train_dense" not in counts and "prepare_data" not in counts
+    assert counts.get("bounds") == 1 and counts.get("report") == 1
+
+
+def test_changing_one_amount_reruns_only_that_amount(quick_run: Path) -> None:
+    cfg = yaml.safe_load((REPO / "config" / "quick.yaml").read_text())
+    amounts = list(cfg["pruning"]["amounts"])
+    amounts[1] = 0.55
+    name = write_config(quick_run, "amount.yaml", lambda c: c["pruning"].update(amounts=amounts))
+    res = snakemake(quick_run, "-n", "--configfile", name)
+    assert res.returncode == 0, res.stderr
+    counts = job_counts(res.stdout + res.stderr)
+    new_jobs = len(cfg["architectures"]) * len(cfg["pruning"]["methods"])
+    assert counts.get("prune") == new_jobs and counts.get("retrain") == new_jobs
+    assert "train_dense" not in counts and "prepare_data" not in counts
+
+
+def test_invalid_config_fails_before_any_job(tmp_path: Path) -> None:
+    project_copy(tmp_path)
+    name = write_config(tmp_path, "bad.yaml", lambda c: c["pruning"].update(amounts=[0.3, 1.5]))
+    res = snakemake(tmp_path, "--cores", "1", "--configfile", name)
+    assert res.returncode != 0
+    assert "pruning.amounts.1" in res.stderr
+    assert not (tmp_path / "results").exists() and not (tmp_path / "data").exists()
