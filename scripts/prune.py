@@ -19,7 +19,20 @@ if __name__ == "__main__":
     a = p.parse_args()
     log = setup_logging()
     rows = run_prune(
-        a.params, a.arch, a.seed, a.method, a.amount, a.data, a.dense, a.out_masks, a.out_table,
-        a.device, a.threads,
+        a.params,
+        a.arch,
+        a.seed,
+        a.method,
+        a.amount,
+        a.data,
+        a.dense,
+        a.out_masks,
+        a.out_table,
+        a.device,
+        a.threads,
     )
-    log.info("pruned %d trials, mean sparsity %.4f", len(rows), sum(r["sparsity"] for r in rows) / len(rows))
+    log.info(
+        "pruned %d trials, mean sparsity %.4f",
+        len(rows),
+        sum(r["sparsity"] for r in rows) / len(rows),
+    )

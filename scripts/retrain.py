@@ -22,7 +22,18 @@ if __name__ == "__main__":
     a = p.parse_args()
     log = setup_logging()
     rows = run_retrain(
-        a.params, a.arch, a.seed, a.method, a.amount, a.data, a.dense, a.pruned, a.dense_metrics,
-        a.out_table, a.out_curves, a.device, a.threads,
+        a.params,
+        a.arch,
+        a.seed,
+        a.method,
+        a.amount,
+        a.data,
+        a.dense,
+        a.pruned,
+        a.dense_metrics,
+        a.out_table,
+        a.out_curves,
+        a.device,
+        a.threads,
     )
     log.info("retrained %d trials: %s", len(rows), dict(Counter(r["status"] for r in rows)))

@@ -17,4 +17,10 @@ if __name__ == "__main__":
     a = p.parse_args()
     log = setup_logging()
     m = run_dense(a.params, a.arch, a.seed, a.data, a.ckpt, a.metrics, a.curve, a.device, a.threads)
-    log.info("dense %s seed %d: test acc %.4f, eval loss %.4f", a.arch, a.seed, m["test_acc"], m["loss_star"])
+    log.info(
+        "dense %s seed %d: test acc %.4f, eval loss %.4f",
+        a.arch,
+        a.seed,
+        m["test_acc"],
+        m["loss_star"],
+    )

@@ -36,7 +36,9 @@ def project_copy(dest: Path) -> Path:
     return dest
 
 
-def snakemake(workdir: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run Snakemake in ``workdir`` with this interpreter's environment first on PATH."""
     env = dict(env or os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -55,7 +57,9 @@ def job_counts(output: str) -> dict[str, int]:
     if "Nothing to be done" in output:
         return {}
     table = output.split("Job stats:", 1)[1]
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M) if m[1] != "total"}
+    return {
+        m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M) if m[1] != "total"
+    }
 
 
 @pytest.fixture(scope="session")
@@ -116,7 +120,9 @@ def test_rerun_with_nothing_changed_does_nothing(quick_run: Path) -> None:
 
 def test_changing_eps_reruns_only_retraining_of_that_architecture(quick_run: Path) -> None:
     name = write_config(
-        quick_run, "eps.yaml", lambda c: c["architectures"]["lenet300100"]["retrain"].update(eps=0.02)
+        quick_run,
+        "eps.yaml",
+        lambda c: c["architectures"]["lenet300100"]["retrain"].update(eps=0.02),
     )
     res = snakemake(quick_run, "-n", "--configfile", name)
     assert res.returncode == 0, res.stderr

@@ -35,11 +35,17 @@ def load_runs(
     return runs.merge(dense, on=["arch", "seed"], how="left", validate="many_to_one")
 
 
-def add_bounds(runs: pd.DataFrame, mu_ratio: float = 1.0, gamma_quantile: float = 0.0) -> pd.DataFrame:
+def add_bounds(
+    runs: pd.DataFrame, mu_ratio: float = 1.0, gamma_quantile: float = 0.0
+) -> pd.DataFrame:
     """Per run: lower bound (gamma = 1 and fitted), upper bound, gamma_max, coverage flags.
 
-    gamma is fitted per (architecture, method) on the runs that did not diverge; a capped
-    run counts with its cap, a value the true iteration count can only exceed.
+    gamma is fitted per (architecture, method) on the runs that needed retraining (status
+    not 'diverged', at least one iteration): a run already within eps after pruning
+    (0 iterations) admits no gamma > 0 and would pin the fit to 0. A capped run enters the
+    fit with its cap, a value its true iteration count can only exceed. Coverage flags
+    (``within_*``) are defined for converged runs only: for a capped run the upper bound
+    cannot be tested, for a diverged one neither can.
     """
     df = runs.copy()
     df["mu_ratio"] = mu_ratio
@@ -49,32 +55,41 @@ def add_bounds(runs: pd.DataFrame, mu_ratio: float = 1.0, gamma_quantile: float 
         bounds.gamma_max(r.d2, r.g_init, r.eta, r.eps, r.t_init, r.g_s, mu_ratio)
         for r in df.itertuples()
     ]
-    usable = df["status"] != "diverged"
+    fit_rows = (df["status"] != "diverged") & (df["iterations"] > 0)
     df["gamma_fit"] = np.nan
-    for _, idx in df[usable].groupby(["arch", "method"]).groups.items():
-        sub = df.loc[idx]
-        df.loc[idx, "gamma_fit"] = bounds.fit_gamma(sub["iterations"], sub["lower_g1"], gamma_quantile)
+    for _, g in df.groupby(["arch", "method"]):
+        sub = g[fit_rows.loc[g.index]]
+        gamma = bounds.fit_gamma(sub["iterations"], sub["lower_g1"], gamma_quantile)
+        df.loc[g.index, "gamma_fit"] = gamma
     df["lower_fit"] = df["gamma_fit"] * df["lower_g1"]
     it = df["iterations"]
-    df["within_g1"] = usable & (it >= df["lower_g1"]) & (it <= df["upper"])
-    df["within_fit"] = usable & (it >= df["lower_fit"]) & (it <= df["upper"])
+    converged = df["status"] == "converged"
+    df["within_g1"] = converged & (it >= df["lower_g1"]) & (it <= df["upper"])
+    df["within_fit"] = converged & (it >= df["lower_fit"]) & (it <= df["upper"])
     return df
 
 
 def summarize(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
-    """Mean and CI of iterations per (arch, method, amount); diverged runs counted, not averaged."""
+    """Mean and CI of iterations per (arch, method, amount).
+
+    Diverged runs are counted, never averaged in. Capped runs enter the mean at their cap
+    (so the mean is a lower estimate whenever ``n_capped`` > 0); the shares within the
+    bounds are over converged runs.
+    """
     out = []
     for (arch, method, amount), g in df.groupby(["arch", "method", "amount"], sort=True):
         ok = g[g["status"] != "diverged"]
+        conv = g[g["status"] == "converged"]
         mean, lo, hi = bounds.mean_ci(ok["iterations"], level)
         emean, elo, ehi = bounds.mean_ci(ok["epochs"], level)
+        gamma = g["gamma_fit"].dropna()
         out.append(
             {
                 "arch": arch,
                 "method": method,
                 "amount": amount,
                 "n_runs": len(g),
-                "n_converged": int((g["status"] == "converged").sum()),
+                "n_converged": len(conv),
                 "n_capped": int((g["status"] == "capped").sum()),
                 "n_diverged": int((g["status"] == "diverged").sum()),
                 "sparsity": g["sparsity"].mean(),
@@ -87,10 +102,10 @@ def summarize(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
                 "lower_g1_mean": ok["lower_g1"].mean(),
                 "lower_fit_mean": ok["lower_fit"].mean(),
                 "upper_mean": ok["upper"].mean(),
-                "gamma_fit": g["gamma_fit"].dropna().iloc[0] if g["gamma_fit"].notna().any() else np.nan,
+                "gamma_fit": gamma.iloc[0] if len(gamma) else np.nan,
                 "gamma_max_median": ok["gamma_max"].median(),
-                "share_within_g1": g["within_g1"].mean(),
-                "share_within_fit": g["within_fit"].mean(),
+                "share_within_g1": conv["within_g1"].mean() if len(conv) else np.nan,
+                "share_within_fit": conv["within_fit"].mean() if len(conv) else np.nan,
                 "acc_pruned_mean": g["acc_pruned"].mean(),
                 "test_acc_mean": ok["test_acc"].mean(),
                 "dense_test_acc": g["dense_test_acc"].mean(),
@@ -109,16 +124,16 @@ def headline_metrics(df: pd.DataFrame, dense: Sequence[dict[str, Any]]) -> dict[
         }
     for (arch, method), g in df.groupby(["arch", "method"]):
         ok = g[g["status"] != "diverged"]
+        conv = g[g["status"] == "converged"]
+        gamma = g["gamma_fit"].dropna()
         metrics["retrain"][f"{arch}/{method}"] = {
             "runs": len(g),
             "diverged": int((g["status"] == "diverged").sum()),
             "capped": int((g["status"] == "capped").sum()),
             "mean_iterations": round(float(ok["iterations"].mean()), 6) if len(ok) else None,
-            "gamma_fit": round(float(g["gamma_fit"].dropna().iloc[0]), 9)
-            if g["gamma_fit"].notna().any()
-            else None,
-            "coverage_fit": round(float(g["within_fit"].mean()), 6),
-            "coverage_gamma1": round(float(g["within_g1"].mean()), 6),
+            "gamma_fit": round(float(gamma.iloc[0]), 9) if len(gamma) else None,
+            "coverage_fit": round(float(conv["within_fit"].mean()), 6) if len(conv) else None,
+            "coverage_gamma1": round(float(conv["within_g1"].mean()), 6) if len(conv) else None,
         }
     return metrics
 
@@ -141,12 +156,16 @@ def run_bounds(
     """The `bounds` job: runs table with bounds, per-amount summary, dense table, headline JSON."""
     bcfg = config["bounds"]
     runs = add_bounds(
-        load_runs(prune_tables, retrain_tables, dense_metrics), bcfg["mu_ratio"], bcfg["gamma_quantile"]
+        load_runs(prune_tables, retrain_tables, dense_metrics),
+        bcfg["mu_ratio"],
+        bcfg["gamma_quantile"],
     )
     runs = runs.sort_values(KEYS).reset_index(drop=True)
     summary = summarize(runs, bcfg["ci_level"])
     dense = [read_json(p) for p in dense_metrics]
-    dense_df = pd.DataFrame([{k: v for k, v in d.items() if not isinstance(v, dict)} for d in dense])
+    dense_df = pd.DataFrame(
+        [{k: v for k, v in d.items() if not isinstance(v, dict)} for d in dense]
+    )
     write_table(runs, out_runs)
     write_table(summary, out_summary)
     write_table(dense_df, out_dense)

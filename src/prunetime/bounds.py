@@ -74,8 +74,10 @@ def fit_gamma(iterations: Sequence[float], base: Sequence[float], quantile: floa
     ok = np.isfinite(it) & np.isfinite(b) & (b > 0)
     if not ok.any():
         return math.nan
-    ratios = it[ok] / b[ok]
-    return float(np.quantile(ratios, quantile, method="lower"))
+    ratios = np.sort(it[ok] / b[ok])
+    # With n runs, at most floor(q * n) may fall below the bound: skip that many smallest.
+    k = min(math.floor(quantile * len(ratios) + 1e-9), len(ratios) - 1)
+    return float(ratios[k])
 
 
 def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:

@@ -37,7 +37,11 @@ def _validator_with_defaults(schema: dict[str, Any]) -> Any:
                     instance[prop] = copy.deepcopy(sub["default"])
         yield from validate_properties(validator, properties, instance, schema)
 
-    cls = validators.extend(Draft202012Validator, {"properties": set_defaults})
+    # JSON Schema counts 2.0 as an integer; a count given as a float is a config error here.
+    types = Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _checker, x: isinstance(x, int) and not isinstance(x, bool)
+    )
+    cls = validators.extend(Draft202012Validator, {"properties": set_defaults}, type_checker=types)
     return cls(schema)
 
 
@@ -57,9 +61,14 @@ def _describe(error: Any) -> str:
     if error.validator == "required":
         return f"config key {key!r}: {error.message}"
     if error.validator == "enum":
-        return f"config key {key!r}: {error.instance!r} is not allowed; allowed values: {sch['enum']}"
+        return (
+            f"config key {key!r}: {error.instance!r} is not allowed; allowed values: {sch['enum']}"
+        )
     if error.validator == "oneOf" and key.endswith("layers"):
-        return f"config key {key!r}: {error.instance!r}; allowed: 'all' or a non-empty list of layer names"
+        return (
+            f"config key {key!r}: {error.instance!r}; "
+            "allowed: 'all' or a non-empty list of layer names"
+        )
     return f"config key {key!r}: {error.message}"
 
 
@@ -94,7 +103,9 @@ def _check_consistency(config: dict[str, Any]) -> None:
         for name, arch in config["architectures"].items():
             names = weight_names(build_model(arch["model"]))
             bad = [
-                n for n in config["pruning"]["layers"] if n not in names and f"{n}.weight" not in names
+                n
+                for n in config["pruning"]["layers"]
+                if n not in names and f"{n}.weight" not in names
             ]
             if bad:
                 raise ConfigError(

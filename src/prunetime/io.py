@@ -23,6 +23,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp creates 0600; give the result the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -53,10 +57,11 @@ def save_torch(path: str | os.PathLike[str], obj: Any) -> None:
 
 
 def load_torch(path: str | os.PathLike[str]) -> Any:
-    """Load a checkpoint with ``weights_only=True``: pickled code is refused, with the file named."""
+    """Load a checkpoint with ``weights_only=True``: pickled code is refused, naming the file."""
     try:
         return torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:
         raise RuntimeError(
-            f"refusing to load {str(path)!r}: not a plain tensor checkpoint ({exc.__class__.__name__})"
+            f"refusing to load {str(path)!r}: not a plain tensor checkpoint "
+            f"({exc.__class__.__name__})"
         ) from exc

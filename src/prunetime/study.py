@@ -69,13 +69,17 @@ def setup_torch(device: str = "auto", threads: int = 1) -> str:
     return resolve_device(device)
 
 
-def _load_data(config: dict[str, Any], data_path: Path, device: str) -> tuple[Split, Split, Split, Split]:
+def _load_data(
+    config: dict[str, Any], data_path: Path, device: str
+) -> tuple[Split, Split, Split, Split]:
     prep = load_prepared(data_path, config["data"]["normalize"], device)
     idx = eval_indices(len(prep.val), config["eval"]["size"], config["eval"]["seed"]).to(device)
     return prep.train, prep.val, prep.test, prep.val.subset(idx)
 
 
-def _model_from_state(arch: dict[str, Any], state: dict[str, torch.Tensor], device: str) -> torch.nn.Module:
+def _model_from_state(
+    arch: dict[str, Any], state: dict[str, torch.Tensor], device: str
+) -> torch.nn.Module:
     model = build_model(arch["model"])
     model.load_state_dict(state)
     return model.to(device)
@@ -168,7 +172,7 @@ def run_prune(
     device: str = "auto",
     threads: int = 1,
 ) -> list[dict[str, Any]]:
-    """Prune W* for every trial; record real sparsity, g(W_s), ||W_s - W*||^2, loss after pruning."""
+    """Prune W* for every trial; record sparsity, g(W_s), ||W_s - W*||^2, loss after pruning."""
     device = setup_torch(device, threads)
     arch = config["architectures"][arch_name]
     pcfg = config["pruning"]
@@ -185,7 +189,9 @@ def run_prune(
     stored: list[dict[str, Any]] = []
     for trial in range(pcfg["trials"]):
         model = _model_from_state(arch, w_star, device)
-        gen = torch.Generator().manual_seed(derive_seed(seed, arch_name, method_name, fmt_amount(amount), trial, "prune"))
+        gen = torch.Generator().manual_seed(
+            derive_seed(seed, arch_name, method_name, fmt_amount(amount), trial, "prune")
+        )
         masks, sparsity = apply_pruning(model, method, layers, amount, gen)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         g_s = bounds.grad_sq_norms(model, evalset, names)

@@ -39,7 +39,12 @@ def make_optimizer(
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """Endless stream of index batches: a fresh seeded permutation every epoch."""
+    """Endless stream of index batches: a fresh seeded permutation every epoch.
+
+    The last partial batch of an epoch is dropped so every step sees ``batch_size`` samples.
+    """
+    if not 0 < batch_size <= n:
+        raise ValueError(f"batch_size={batch_size} must lie in [1, {n}] (the training split size)")
     while True:
         perm = torch.randperm(n, generator=generator, device=generator.device)
         for start in range(0, n - batch_size + 1, batch_size):

@@ -1,0 +1,142 @@
+"""The registered networks: shapes, parameter counts, weight names and initialisation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from prunetime.models import (
+    MODELS,
+    build_model,
+    count_params,
+    init_weights,
+    register_model,
+    weight_names,
+)
+
+EXPECTED_PARAMS = {
+    # 784-300-100-10 with biases
+    "lenet300100": 784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10,
+    "lenet300100_relu": 784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10,
+    # paper LeNet-5: conv 5x5 x6, conv 5x5 x16 (same padding), FC 784-84-10
+    "lenet5": (6 * 1 * 25 + 6) + (16 * 6 * 25 + 16) + (784 * 84 + 84) + (84 * 10 + 10),
+    # classic LeNet-5: same convs, second one valid, FC 400-120-84-10
+    "lenet5_classic": (6 * 1 * 25 + 6)
+    + (16 * 6 * 25 + 16)
+    + (400 * 120 + 120)
+    + (120 * 84 + 84)
+    + (84 * 10 + 10),
+}
+
+EXPECTED_WEIGHTS = {
+    "lenet300100": ["fc1.weight", "fc2.weight", "fc3.weight"],
+    "lenet300100_relu": ["fc1.weight", "fc2.weight", "fc3.weight"],
+    "lenet5": ["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"],
+    "lenet5_classic": ["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight", "fc3.weight"],
+}
+
+
+def test_registry_holds_the_four_models():
+    assert set(MODELS) == set(EXPECTED_PARAMS)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))
+def test_logits_shape(name):
+    model = build_model(name)
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    out = model(x)
+    assert out.shape == (3, 10)
+    assert torch.isfinite(out).all()
+    # a flat [B, 784] input gives the same logits (models reshape their input)
+    assert torch.allclose(model(x.reshape(3, 784)), out)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))
+def test_parameter_counts(name):
+    model = build_model(name)
+    assert count_params(model) == EXPECTED_PARAMS[name]
+    assert sum(p.numel() for p in model.parameters()) == EXPECTED_PARAMS[name]
+
+
+def test_layer_shapes_lenet5_paper():
+    m = build_model("lenet5")
+    assert m.conv1.weight.shape == (6, 1, 5, 5) and m.conv2.weight.shape == (16, 6, 5, 5)
+    assert m.fc1.weight.shape == (84, 784) and m.fc2.weight.shape == (10, 84)
+    # 'same' padding keeps 28x28 before the first pool: 16 * 7 * 7 = 784 after two pools
+    feats = m.pool(torch.relu(m.conv2(m.pool(torch.relu(m.conv1(torch.zeros(1, 1, 28, 28)))))))
+    assert feats.shape == (1, 16, 7, 7)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_WEIGHTS))
+def test_weight_names_in_forward_order(name):
+    model = build_model(name)
+    names = weight_names(model)
+    assert names == EXPECTED_WEIGHTS[name]
+    params = dict(model.named_parameters())
+    assert all(n in params and params[n].dim() in (2, 4) for n in names)
+    # forward order: each layer's input size is the previous layer's output size
+    widths = [params[n].shape for n in names]
+    for prev, nxt in zip(widths, widths[1:], strict=False):
+        if len(prev) == 4 and len(nxt) == 4:
+            assert nxt[1] == prev[0]
+        elif len(prev) == 2:
+            assert nxt[1] == prev[0]
+
+
+def test_activation_variants():
+    sig, relu = build_model("lenet300100"), build_model("lenet300100_relu")
+    assert isinstance(sig.act, nn.Sigmoid) and isinstance(relu.act, nn.ReLU)
+
+
+@pytest.mark.parametrize("std", [0.1, 1.0])
+def test_init_normal_std_and_reproducible(std):
+    model = build_model("lenet300100")
+    init_weights(model, "normal", std, torch.Generator().manual_seed(0))
+    w = model.fc1.weight.detach()  # 235200 samples: the sample std is within ~0.3 %
+    assert float(w.std()) == pytest.approx(std, rel=0.01)
+    assert abs(float(w.mean())) < 0.01 * std
+    biases = torch.cat([model.fc1.bias, model.fc2.bias, model.fc3.bias]).detach()  # 410 samples
+    assert float(biases.std()) == pytest.approx(std, rel=0.15)
+    assert float(model.fc2.weight.detach().std()) == pytest.approx(std, rel=0.03)
+
+    again = build_model("lenet300100")
+    init_weights(again, "normal", std, torch.Generator().manual_seed(0))
+    for (k, a), b in zip(model.state_dict().items(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    other = build_model("lenet300100")
+    init_weights(other, "normal", std, torch.Generator().manual_seed(1))
+    assert not torch.equal(other.fc1.weight, model.fc1.weight)
+
+
+def test_init_normal_conv_model():
+    model = build_model("lenet5")
+    init_weights(model, "normal", 1.0, torch.Generator().manual_seed(0))
+    assert float(model.fc1.weight.detach().std()) == pytest.approx(1.0, rel=0.02)  # 65856 samples
+    assert float(model.conv2.weight.detach().std()) == pytest.approx(1.0, rel=0.05)  # 2400 samples
+
+
+def test_init_default_is_reproducible_and_isolated():
+    a, b = build_model("lenet5_classic"), build_model("lenet5_classic")
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    init_weights(a, "default", 0.0, torch.Generator().manual_seed(4))
+    after = torch.rand(3)
+    init_weights(b, "default", 0.0, torch.Generator().manual_seed(4))
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y), k
+    # the global RNG stream is untouched by the initialisation
+    assert torch.equal(before, after)
+    # PyTorch's default init is uniform within +-1/sqrt(fan_in): fc1 has fan_in 400
+    assert float(a.fc1.weight.detach().abs().max()) <= 1 / 400**0.5 + 1e-7
+
+
+def test_init_and_build_reject_unknown_names():
+    with pytest.raises(ValueError, match="xavier"):
+        init_weights(build_model("lenet5"), "xavier", 0.1, torch.Generator())
+    with pytest.raises(ValueError, match="resnet") as info:
+        build_model("resnet")
+    assert "lenet300100" in str(info.value)
+    with pytest.raises(ValueError, match="registered twice"):
+        register_model("lenet5")(lambda: nn.Linear(1, 1))
