@@ -86,6 +86,12 @@ def validate_config(config: dict[str, Any], schema: dict[str, Any] | None = None
 
 
 def _check_consistency(config: dict[str, Any]) -> None:
+    pruning = config.get("pruning", {})
+    if pruning.get("with_replacement") and "random" not in pruning.get("methods", []):
+        raise ConfigError(
+            "config key 'pruning.with_replacement': true only applies to method 'random', "
+            f"which is not in pruning.methods={pruning.get('methods')}; set it to false"
+        )
     if config["eval"]["size"] > config["data"]["n_val"]:
         raise ConfigError(
             f"config key 'eval.size': {config['eval']['size']} exceeds data.n_val="

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,11 +69,17 @@ def resolve_mirror(dataset: str, mirror: str | os.PathLike[str] | None) -> Path 
     )
 
 
-def fetch_raw(dataset: str, root: Path, mirror: str | os.PathLike[str] | None = None) -> Path:
+def fetch_raw(
+    dataset: str,
+    root: Path,
+    mirror: str | os.PathLike[str] | None = None,
+    urls: Sequence[str] | None = None,
+) -> Path:
     """Place the verified original files under ``root/<Class>/raw`` and return that folder.
 
     Every file's MD5 is checked against torchvision's list, whether copied from the mirror
-    or downloaded; a mismatch raises :class:`DataError` naming the file.
+    or downloaded (from ``urls``, default torchvision's mirrors); a mismatch raises
+    :class:`DataError` naming the file.
     """
     cls = _torchvision_class(dataset)
     raw = Path(root) / cls.__name__ / "raw"
@@ -93,7 +100,7 @@ def fetch_raw(dataset: str, root: Path, mirror: str | os.PathLike[str] | None = 
             with atomic_path(target) as tmp:
                 shutil.copyfile(origin, tmp)
         elif not (target.is_file() and md5sum(target) == md5):
-            _download(cls, filename, md5, raw)
+            _download(urls or cls.mirrors, filename, md5, raw)
         actual = md5sum(target)
         if actual != md5:
             target.unlink()
@@ -101,16 +108,30 @@ def fetch_raw(dataset: str, root: Path, mirror: str | os.PathLike[str] | None = 
     return raw
 
 
-def _download(cls: type, filename: str, md5: str, raw: Path) -> None:
+DOWNLOAD_DEADLINE_S = 8.0
+
+
+def _download(urls: Sequence[str], filename: str, md5: str, raw: Path) -> None:
+    """Download one file from the first mirror that answers, giving up within the deadline.
+
+    Without network every mirror fails; the deadline bounds the whole attempt so the data
+    step says what to do in seconds instead of hanging on unanswered connections.
+    """
     import socket
+    import time
 
     from torchvision.datasets.utils import download_url
 
     errors = []
     old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(8)
+    deadline = time.monotonic() + DOWNLOAD_DEADLINE_S
     try:
-        for base in cls.mirrors:
+        for base in urls:
+            left = deadline - time.monotonic()
+            if left <= 0.5:
+                errors.append(f"{base}: not tried (deadline of {DOWNLOAD_DEADLINE_S:g} s)")
+                continue
+            socket.setdefaulttimeout(min(left, DOWNLOAD_DEADLINE_S / 2))
             try:
                 download_url(f"{base}{filename}", str(raw), filename=filename, md5=md5)
                 return
@@ -131,6 +152,7 @@ def prepare_dataset(
     n_val: int,
     split_seed: int,
     mirror: str | os.PathLike[str] | None = None,
+    urls: Sequence[str] | None = None,
 ) -> dict[str, int]:
     """Verify/fetch the raw files, split train into train/val deterministically, save uint8 tensors.
 
@@ -138,7 +160,7 @@ def prepare_dataset(
     in milliseconds with ``torch.load(weights_only=True)``.
     """
     cls = _torchvision_class(dataset)
-    fetch_raw(dataset, raw_root, mirror)
+    fetch_raw(dataset, raw_root, mirror, urls)
     # torchvision extracts the verified .gz files (no download: they pass its MD5 check).
     train = cls(str(raw_root), train=True, download=True)
     test = cls(str(raw_root), train=False, download=True)

@@ -7,14 +7,17 @@ epoch from a seeded permutation, so runs are reproducible and epochs are well de
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from prunetime.data import Split
+from prunetime.io import load_torch, save_torch
 
 
 def resolve_device(device: str) -> str:
@@ -38,17 +41,47 @@ def make_optimizer(
     raise ValueError(f"unknown optimizer {name!r}; allowed: 'adam', 'sgd'")
 
 
-def batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+class BatchStream:
     """Endless stream of index batches: a fresh seeded permutation every epoch.
 
     The last partial batch of an epoch is dropped so every step sees ``batch_size`` samples.
+    Its position can be saved and restored, so a resumed training sees the same batches.
     """
-    if not 0 < batch_size <= n:
-        raise ValueError(f"batch_size={batch_size} must lie in [1, {n}] (the training split size)")
-    while True:
-        perm = torch.randperm(n, generator=generator, device=generator.device)
-        for start in range(0, n - batch_size + 1, batch_size):
-            yield perm[start : start + batch_size]
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator) -> None:
+        if not 0 < batch_size <= n:
+            raise ValueError(
+                f"batch_size={batch_size} must lie in [1, {n}] (the training split size)"
+            )
+        self.n, self.batch_size, self.generator = n, batch_size, generator
+        self.perm: torch.Tensor | None = None
+        self.pos = 0
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        if self.perm is None or self.pos + self.batch_size > self.n:
+            self.perm = torch.randperm(
+                self.n, generator=self.generator, device=self.generator.device
+            )
+            self.pos = 0
+        idx = self.perm[self.pos : self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return idx
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.generator.get_state(), "perm": self.perm, "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["rng"])
+        self.perm, self.pos = state["perm"], state["pos"]
+        if self.perm is not None:
+            self.perm = self.perm.to(self.generator.device)
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator) -> BatchStream:
+    return BatchStream(n, batch_size, generator)
 
 
 @torch.no_grad()
@@ -107,15 +140,33 @@ def train_dense(
     generator: torch.Generator,
     log_every: int = 10,
     momentum: float = 0.0,
+    resume: Path | None = None,
+    checkpoint_every: int = 0,
+    fingerprint: str = "",
+    progress: Callable[[int, int], None] | None = None,
 ) -> DenseResult:
-    """Initial training for exactly ``steps`` optimizer steps; logs a curve on the eval set."""
+    """Initial training for exactly ``steps`` optimizer steps; logs a curve on the eval set.
+
+    With ``resume`` and ``checkpoint_every`` > 0, the full training state (model,
+    optimizer, batch stream and RNG, curve, step) is saved atomically every that many
+    steps, and a matching checkpoint found at start is resumed from: a killed job loses at
+    most ``checkpoint_every`` steps and ends with exactly the weights of an uninterrupted run.
+    """
     opt = make_optimizer(optimizer, list(model.parameters()), lr, momentum)
-    stream = batches(len(train), batch_size, generator)
+    stream = BatchStream(len(train), batch_size, generator)
     curve: list[dict[str, float]] = []
-    loss0, acc0 = evaluate(model, evalset)
-    curve.append({"step": 0, "train_loss": math.nan, "eval_loss": loss0, "eval_acc": acc0})
-    running, count = 0.0, 0
-    for step in range(1, steps + 1):
+    running, count, start = 0.0, 0, 1
+    state = _load_resume(resume, fingerprint)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        stream.load_state_dict(state["stream"])
+        curve, running, count = list(state["curve"]), state["running"], state["count"]
+        start = state["step"] + 1
+    else:
+        loss0, acc0 = evaluate(model, evalset)
+        curve.append({"step": 0, "train_loss": math.nan, "eval_loss": loss0, "eval_acc": acc0})
+    for step in range(start, steps + 1):
         idx = next(stream)
         running += train_step(model, opt, train.x[idx], train.y[idx])
         count += 1
@@ -125,7 +176,33 @@ def train_dense(
                 {"step": step, "train_loss": running / count, "eval_loss": loss, "eval_acc": acc}
             )
             running, count = 0.0, 0
+        if resume is not None and checkpoint_every > 0 and step % checkpoint_every == 0:
+            save_torch(
+                resume,
+                {
+                    "fingerprint": fingerprint,
+                    "step": step,
+                    "model": model.state_dict(),
+                    "opt": opt.state_dict(),
+                    "stream": stream.state_dict(),
+                    "curve": curve,
+                    "running": running,
+                    "count": count,
+                },
+            )
+        if progress is not None:
+            progress(step, steps)
     return DenseResult(curve=curve, steps=steps)
+
+
+def _load_resume(path: Path | None, fingerprint: str) -> dict[str, Any] | None:
+    """A resumable state saved for the same job (same fingerprint), else None."""
+    if path is None or not Path(path).is_file():
+        return None
+    state = load_torch(path)
+    if state.get("fingerprint") != fingerprint:
+        return None
+    return state
 
 
 @dataclass
@@ -152,17 +229,21 @@ def retrain_to_convergence(
     generator: torch.Generator,
     masks: dict[str, torch.Tensor] | None = None,
     momentum: float = 0.0,
+    divergence_factor: float = 100.0,
 ) -> RetrainResult:
     """Retrain with a fresh optimizer until |L(W_t) - L(W*)| <= eps, checking after every step.
 
     Status is 'diverged' (with ``iterations`` = the step it happened at) when the loss
-    becomes non-finite, 'capped' when ``max_iters`` steps did not reach the criterion.
+    becomes non-finite or exceeds ``divergence_factor`` times the loss right after pruning
+    (cross-entropy of exploding logits stays finite, so non-finiteness alone misses blow-ups);
+    'capped' when ``max_iters`` steps did not reach the criterion.
     """
     params = dict(model.named_parameters())
     opt = make_optimizer(optimizer, list(params.values()), lr, momentum)
-    stream = batches(len(train), batch_size, generator)
+    stream = BatchStream(len(train), batch_size, generator)
     loss, _ = evaluate(model, evalset)
     losses = [loss]
+    limit = divergence_factor * max(loss, target_loss)
     if abs(loss - target_loss) <= eps:
         return RetrainResult(0, "converged", loss, losses)
     for t in range(1, max_iters + 1):
@@ -170,7 +251,7 @@ def retrain_to_convergence(
         train_step(model, opt, train.x[idx], train.y[idx], masks, params)
         loss, _ = evaluate(model, evalset)
         losses.append(loss)
-        if not math.isfinite(loss):
+        if not math.isfinite(loss) or loss > limit:
             return RetrainResult(t, "diverged", loss, losses)
         if abs(loss - target_loss) <= eps:
             return RetrainResult(t, "converged", loss, losses)
