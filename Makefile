@@ -27,8 +27,8 @@ test: setup  ## unit tests and the end-to-end quick run on real MNIST
 	$(VENV)/bin/python -m pytest -q
 
 lint: setup
-	$(VENV)/bin/ruff check src scripts tests benchmarks
-	$(VENV)/bin/ruff format --check src scripts tests benchmarks
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/snakemake --lint --configfile config/quick.yaml
 
 clean:
