@@ -6,6 +6,7 @@ imported inside :func:`prepare_dataset`, so job start-up stays cheap.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import shutil
@@ -92,20 +93,66 @@ def fetch_raw(
             if not origin.is_file():
                 raise DataError(f"data mirror {str(src)!r} lacks {filename!r}")
             actual = md5sum(origin)
-            if actual != md5:
+            if actual == md5:
+                with atomic_path(target) as tmp:
+                    shutil.copyfile(origin, tmp)
+                _gunzip(target, raw / filename.removesuffix(".gz"))
+                continue
+            content = CONTENT_MD5[dataset].get(filename)
+            plain = _gunzip_md5(origin)
+            if content is None or plain != content:
                 raise DataError(
-                    f"MD5 mismatch for {str(origin)!r}: expected {md5}, got {actual} "
-                    "(file truncated or altered; replace it with the original)"
+                    f"MD5 mismatch for {str(origin)!r}: expected {md5}, got {actual}, and its "
+                    "content is not the original either (file truncated or altered; replace "
+                    "it with the original)"
                 )
-            with atomic_path(target) as tmp:
-                shutil.copyfile(origin, tmp)
+            # Re-compressed original (e.g. Debian's dataset-fashion-mnist): same content,
+            # other gzip header. Place it uncompressed, where torchvision looks first.
+            _gunzip(origin, raw / filename.removesuffix(".gz"))
+            continue
         elif not (target.is_file() and md5sum(target) == md5):
             _download(urls or cls.mirrors, filename, md5, raw)
         actual = md5sum(target)
         if actual != md5:
             target.unlink()
             raise DataError(f"MD5 mismatch for {str(target)!r}: expected {md5}, got {actual}")
+        _gunzip(target, raw / filename.removesuffix(".gz"))
     return raw
+
+
+def _gunzip(src: Path, dest: Path) -> None:
+    """Extract a verified .gz file, so torchvision finds every file and never downloads."""
+    with atomic_path(dest) as tmp, gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
+
+
+# MD5 of the uncompressed original files, to recognise re-compressed copies of them.
+CONTENT_MD5: dict[str, dict[str, str]] = {
+    "mnist": {
+        "train-images-idx3-ubyte.gz": "6bbc9ace898e44ae57da46a324031adb",
+        "train-labels-idx1-ubyte.gz": "a25bea736e30d166cdddb491f175f624",
+        "t10k-images-idx3-ubyte.gz": "2646ac647ad5339dbf082846283269ea",
+        "t10k-labels-idx1-ubyte.gz": "27ae3e4e09519cfbb04c329615203637",
+    },
+    "fashion_mnist": {
+        "train-images-idx3-ubyte.gz": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+        "train-labels-idx1-ubyte.gz": "9018921c3c673c538a1fc5bad174d6f9",
+        "t10k-images-idx3-ubyte.gz": "8181f5470baa50b63fa0f6fddb340f0a",
+        "t10k-labels-idx1-ubyte.gz": "15d484375f8d13e6eb1aabb0c3f46965",
+    },
+}
+
+
+def _gunzip_md5(path: Path) -> str | None:
+    """MD5 of a gzip file's content, or None when it is not a readable gzip file."""
+    h = hashlib.md5()
+    try:
+        with gzip.open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    except (OSError, EOFError):
+        return None
+    return h.hexdigest()
 
 
 DOWNLOAD_DEADLINE_S = 8.0
