@@ -17,9 +17,12 @@ include: "workflow/rules/dense.smk"
 include: "workflow/rules/prune.smk"
 include: "workflow/rules/bounds.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/targets.smk"
+include: "workflow/rules/pretrain.smk"
 
 
 rule all:
     input:
-        rules.report.output,
+        rules.report.output if ARCHS else [],
+        PRETRAIN_TARGETS,
     default_target: True

@@ -15,9 +15,18 @@ if __name__ == "__main__":
     p.add_argument("--out-summary", type=Path, required=True)
     p.add_argument("--out-dense", type=Path, required=True)
     p.add_argument("--out-metrics", type=Path, required=True)
+    p.add_argument("--out-netdev", type=Path, default=None)
     a = p.parse_args()
     log = setup_logging()
     summary = run_bounds(
-        a.params, a.prune, a.retrain, a.dense, a.out_runs, a.out_summary, a.out_dense, a.out_metrics
+        a.params,
+        a.prune,
+        a.retrain,
+        a.dense,
+        a.out_runs,
+        a.out_summary,
+        a.out_dense,
+        a.out_metrics,
+        a.out_netdev,
     )
     log.info("summary:\n%s", summary.to_string())

@@ -14,6 +14,7 @@ if __name__ == "__main__":
     p.add_argument("--amount", type=float, required=True)
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--dense", type=Path, required=True)
+    p.add_argument("--jacobians", type=Path, default=None, help="Jacobian norms (Net Deviation)")
     p.add_argument("--out-masks", type=Path, required=True)
     p.add_argument("--out-table", type=Path, required=True)
     a = p.parse_args()
@@ -30,9 +31,13 @@ if __name__ == "__main__":
         a.out_table,
         a.device,
         a.threads,
+        a.jacobians,
     )
     log.info(
-        "pruned %d trials, mean sparsity %.4f",
+        "pruned %d trial(s), mean sparsity %.4f, units removed %.4f, parameters left %d of %d",
         len(rows),
         sum(r["sparsity"] for r in rows) / len(rows),
+        sum(r["units_removed"] for r in rows) / len(rows),
+        rows[0]["n_params_remaining"],
+        rows[0]["n_params"],
     )

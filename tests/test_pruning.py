@@ -200,9 +200,12 @@ def test_pack_unpack_round_trip(shape, tmp_path):
 
 
 def test_registry_has_builtin_methods():
-    assert {"random", "magnitude"} <= set(PRUNERS)
+    assert {"random", "magnitude", "random_node", "magnitude_node", "clustered"} <= set(PRUNERS)
     assert PRUNERS["random"].stochastic and not PRUNERS["magnitude"].stochastic
     assert PRUNERS["random"].name == "random"
+    # a deterministic method runs one trial: more would be copies of the same pruning
+    assert PRUNERS["random"].n_trials(50) == 50 and PRUNERS["magnitude"].n_trials(50) == 1
+    assert {m for m, cls in PRUNERS.items() if cls.level == "connection"} >= {"random", "magnitude"}
 
 
 def test_register_new_method():

@@ -15,14 +15,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from prunetime.analysis import add_bounds, headline_metrics, summarize
-from prunetime.report import FIGURES, fmt_gamma, run_report
+from prunetime.analysis import add_bounds, add_netdev, headline_metrics, summarize
+from prunetime.report import FIGURES, fmt_gamma, netdev_findings, run_report
 
 ROOT = Path(__file__).resolve().parents[1]
 DENSE_ACC = {"mlp": 0.9537, "cnn": 0.8123}
 T_INIT = {"mlp": 300, "cnn": 400}
 MAX_ITERS = {"mlp": 300, "cnn": 150}
 EPS = {"mlp": 0.01, "cnn": 1.0}
+NDEV = {"random": 0.5, "magnitude": 1.0, "clustered": 2.0}  # |dev| = amount ** NDEV[method]
 
 
 def synthetic_runs() -> pd.DataFrame:
@@ -34,7 +35,8 @@ def synthetic_runs() -> pd.DataFrame:
     rng = np.random.default_rng(1)
     rows = []
     for arch in ("mlp", "cnn"):
-        for method in ("random", "magnitude"):
+        for method in ("random", "magnitude", "clustered"):
+            level = "node" if method == "clustered" else "connection"
             for amount in (0.3, 0.6, 0.9):
                 for trial in range(4):
                     base = 400 * amount**2 if method == "random" else 150 * amount**3
@@ -78,9 +80,20 @@ def synthetic_runs() -> pd.DataFrame:
                             "g_init": 2.0,
                             "loss_star": 0.2,
                             "dense_test_acc": DENSE_ACC[arch],
+                            "level": level,
+                            "units_removed": amount if level == "node" else 0.0,
+                            "n_params": 1000,
+                            "n_params_remaining": round(1000 * (1 - amount)),
+                            "epochs_init": T_INIT[arch] * 128 / 55000,
+                            "mu_estimator": "pl" if level == "node" else "secant",
+                            "mu1": 0.8,
+                            "mu2": 0.5 + amount * rng.uniform(0.5, 1.5),
+                            "ndev_lhs": 0.1 * amount,
+                            "ndev_rhs": 0.1 * amount + amount ** NDEV[method],
+                            "ndev_dev": -(amount ** NDEV[method]),
                         }
                     )
-    return add_bounds(pd.DataFrame(rows), mu_ratio=1.0, gamma_quantile=0.0)
+    return add_netdev(add_bounds(pd.DataFrame(rows), mu_ratio=1.0, gamma_quantile=0.0))
 
 
 def dense_rows() -> list[dict]:
@@ -194,13 +207,13 @@ def test_png_report_figures_and_html(inputs: dict) -> None:
 
     html = (out / "summary.html").read_text()
     embedded = html.count('src="data:image/png;base64,')
-    assert embedded == 3
+    assert embedded == len(FIGURES) == 6
     for stem in FIGURES.values():
         data = (out / "figures" / f"{stem}.png").read_bytes()
         assert base64.b64encode(data).decode() in html, f"{stem} not embedded verbatim"
     assert 'src="http' not in html and "<link" not in html and "<script" not in html
 
-    dense_t, retrain_t, setup_t, summary_t = html_tables(html)
+    dense_t, retrain_t, setup_t, summary_t, netdev_t, curv_t = html_tables(html)
     assert set(dense_t["test accuracy"]) == {"0.9537", "0.8123"}
     runs = inputs["runs_df"]
     for (arch, method), g in runs.groupby(["arch", "method"]):
@@ -223,7 +236,21 @@ def test_png_report_figures_and_html(inputs: dict) -> None:
 
     assert set(setup_t["eval subset size"]) == {"500"}
     assert set(setup_t["trials per amount"]) == {"4"}
-    assert len(summary_t) == 12
+    assert len(summary_t) == 18
+    # Net Deviation table: D per sweep peaks at 1; the raw terms are those of the runs
+    assert len(netdev_t) == 18 and len(curv_t) == 18
+    for (arch, method), g in netdev_t.groupby(["arch", "method"]):
+        assert max(float(v) for v in g["D"]) == 1.0, (arch, method)
+    row = netdev_t[(netdev_t["arch"] == "mlp") & (netdev_t["method"] == "clustered")]
+    row = row[row["amount"] == "0.3"].iloc[0]
+    assert row["level"] == "node" and row["params left"] == "700 / 1000"
+    assert row["‖dY(L)‖"] == fmt_gamma(0.1 * 0.3) and row["D"] == f"{(0.3 / 0.9) ** 2:.3f}"
+    # the epoch bound of the curvature table is the runs' gamma-1 bound averaged
+    cr = curv_t[(curv_t["arch"] == "cnn") & (curv_t["method"] == "magnitude")]
+    g = runs[(runs["arch"] == "cnn") & (runs["method"] == "magnitude") & (runs["amount"] == 0.6)]
+    assert cr[cr["amount"] == "0.6"].iloc[0]["lower (γ=1)"] == fmt_gamma(g["lower_ep_g1"].mean())
+    assert set(curv_t["μ estimator"]) == {"pl", "secant"}
+    assert "lowest D" in html
     # the diverged run is not averaged in: the mean matches the three finite runs
     s = summary_t[(summary_t["arch"] == "cnn") & (summary_t["method"] == "random")]
     finite = runs[(runs["arch"] == "cnn") & (runs["method"] == "random") & (runs["amount"] == 0.9)]
@@ -231,6 +258,20 @@ def test_png_report_figures_and_html(inputs: dict) -> None:
     assert (
         s[s["amount"] == "0.9"].iloc[0]["mean iterations"] == f"{finite['iterations'].mean():.1f}"
     )
+
+
+def test_netdev_findings_name_the_lowest_d_at_both_ends(inputs: dict) -> None:
+    summary = summarize(inputs["runs_df"], 0.95)
+    lines = netdev_findings(summary)
+    assert len(lines) == 2  # one per architecture
+    mlp = next(line for line in lines if line.startswith("mlp"))
+    # D = (s / 0.9) ** p: below 0.9 the steepest curve (clustered, p = 2) is lowest; at 0.9
+    # every sweep peaks at 1
+    assert mlp == (
+        "mlp, lowest D by amount: 0.3: clustered (0.111); 0.6: clustered (0.444); "
+        "0.9: tie of clustered = magnitude = random (1.000)."
+    )
+    assert netdev_findings(summary.drop(columns=["D"])) == []
 
 
 def test_caveats_name_censoring_and_zero_iteration_runs(inputs: dict) -> None:
@@ -263,7 +304,7 @@ def test_svg_report(inputs: dict) -> None:
     report(inputs, "svg")
     out = inputs["out"]
     html = (out / "summary.html").read_text()
-    assert html.count('src="data:image/svg+xml;base64,') == 3
+    assert html.count('src="data:image/svg+xml;base64,') == len(FIGURES)
     for stem in FIGURES.values():
         path = out / "figures" / f"{stem}.svg"
         assert path.stat().st_size > 20_000

@@ -20,6 +20,7 @@ import yaml
 
 from prunetime import bounds
 from prunetime.io import read_json
+from prunetime.pruning import PRUNERS
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_PARTS = ("Snakefile", "src", "scripts", "workflow", "config", "pyproject.toml")
@@ -81,21 +82,47 @@ def write_config(workdir: Path, name: str, edit) -> str:
 def test_quick_run_produces_tables_and_figures(quick_run: Path) -> None:
     res = quick_run / "results" / "quick"
     cfg = yaml.safe_load((REPO / "config" / "quick.yaml").read_text())
-    for fig in ("iterations_vs_sparsity", "accuracy_vs_sparsity", "dense_training"):
+    figures = (
+        "iterations_vs_sparsity", "accuracy_vs_sparsity", "dense_training", "netdev_vs_amount",
+        "accuracy_vs_amount", "epochs_vs_amount",
+    )  # fmt: skip
+    for fig in figures:
         path = res / "figures" / f"{fig}.png"
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
     assert (res / "summary.md").stat().st_size > 0
     runs = pd.read_csv(res / "tables" / "runs.csv")
-    n_expected = (
-        len(cfg["architectures"])
-        * len(cfg["pruning"]["methods"])
-        * len(cfg["pruning"]["amounts"])
-        * cfg["pruning"]["trials"]
-    )
+    # A deterministic method (magnitude, magnitude_node, clustered) runs one trial, not copies.
+    trials = {m: PRUNERS[m].n_trials(cfg["pruning"]["trials"]) for m in cfg["pruning"]["methods"]}
+    assert trials["random"] == cfg["pruning"]["trials"] and trials["clustered"] == 1
+    n_expected = len(cfg["architectures"]) * len(cfg["pruning"]["amounts"]) * sum(trials.values())
     assert len(runs) == n_expected
+    assert runs.groupby(["arch", "method", "amount"])["trial"].nunique().to_dict() == {
+        (a, m, s): trials[m]
+        for a in cfg["architectures"]
+        for m in cfg["pruning"]["methods"]
+        for s in cfg["pruning"]["amounts"]
+    }
     assert set(runs["status"]) <= {"converged", "capped", "diverged"}
     # Exact sparsity without replacement (up to rounding of s * n per tensor).
-    assert (runs["sparsity"] - runs["amount"]).abs().max() < 1e-3
+    conn = runs[runs["level"] == "connection"]
+    assert (conn["sparsity"] - conn["amount"]).abs().max() < 1e-3
+    # Node methods remove exactly round(s * units) units of every hidden layer.
+    hidden = {
+        "lenet300100": {"fc1": 300, "fc2": 100},
+        "lenet5": {"conv1": 6, "conv2": 16, "fc1": 84},
+    }
+    node = runs[runs["level"] == "node"]
+    assert set(node["method"]) == {"random_node", "magnitude_node", "clustered"}
+    for arch, layers in hidden.items():
+        sub = node[node["arch"] == arch]
+        for layer, units in layers.items():
+            expected = sub["amount"].map(lambda s, n=units: round(s * n))
+            assert (sub[f"units_removed[{layer}]"] == expected).all(), (arch, layer)
+    assert (node["n_params_remaining"] < node["n_params"]).all()
+    # Net Deviation and curvature columns are filled for every run; D peaks at 1 per sweep.
+    assert runs[["ndev_lhs", "ndev_rhs", "mu1", "mu2", "lower_ep_g1"]].notna().all().all()
+    summary = pd.read_csv(res / "tables" / "netdev.csv")
+    assert summary.groupby(["arch", "method"])["D"].max().round(9).eq(1).all()
     # Iterations never exceed the cap; 'capped' means exactly the cap.
     capped = runs[runs["status"] == "capped"]
     assert (capped["iterations"] == capped["max_iters"]).all()
@@ -110,6 +137,7 @@ def test_quick_run_produces_tables_and_figures(quick_run: Path) -> None:
     assert set(metrics["retrain"]) == {
         f"{a}/{m}" for a in cfg["architectures"] for m in cfg["pruning"]["methods"]
     }
+    assert (res / "netdev" / "lenet5" / "seed0" / "jacobians.json").is_file()
 
 
 def test_rerun_with_nothing_changed_does_nothing(quick_run: Path) -> None:
@@ -131,7 +159,29 @@ def test_changing_eps_reruns_only_retraining_of_that_architecture(quick_run: Pat
     per_arch = len(cfg["pruning"]["methods"]) * len(cfg["pruning"]["amounts"])
     assert counts.get("retrain") == per_arch
     assert "prune" not in counts and "train_dense" not in counts and "prepare_data" not in counts
+    assert "jacobians" not in counts
     assert counts.get("bounds") == 1 and counts.get("report") == 1
+
+
+def test_method_options_and_trials_rerun_only_the_methods_that_read_them(quick_run: Path) -> None:
+    cfg = yaml.safe_load((REPO / "config" / "quick.yaml").read_text())
+    per_method = len(cfg["architectures"]) * len(cfg["pruning"]["amounts"])
+    # a clustered option: only clustered pruning (and its retraining) reruns
+    name = write_config(
+        quick_run, "keep.yaml", lambda c: c["pruning"]["clustered"].update(keep="norm")
+    )
+    res = snakemake(quick_run, "-n", "--configfile", name)
+    assert res.returncode == 0, res.stderr
+    counts = job_counts(res.stdout + res.stderr)
+    assert counts.get("prune") == per_method and counts.get("retrain") == per_method
+    assert "jacobians" not in counts and "train_dense" not in counts
+    # more trials: only the stochastic methods (random, random_node) rerun
+    name = write_config(quick_run, "trials.yaml", lambda c: c["pruning"].update(trials=3))
+    res = snakemake(quick_run, "-n", "--configfile", name)
+    assert res.returncode == 0, res.stderr
+    stochastic = [m for m in cfg["pruning"]["methods"] if PRUNERS[m].stochastic]
+    assert sorted(stochastic) == ["random", "random_node"]
+    assert job_counts(res.stdout + res.stderr).get("prune") == per_method * len(stochastic)
 
 
 def test_changing_one_amount_reruns_only_that_amount(quick_run: Path) -> None:

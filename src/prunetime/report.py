@@ -1,4 +1,4 @@
-"""Figures and summary documents of the retraining-bounds study (THEORY.md section A).
+"""Figures and summary documents of the retraining-bounds study (THEORY.md sections A and B).
 
 The report shows what the tables say without hiding censoring: capped runs (true count >= the
 cap) and diverged runs are drawn with their own markers and counted, the bounds are drawn as
@@ -40,12 +40,16 @@ FIGURES = {
     "iterations": "iterations_vs_sparsity",
     "accuracy": "accuracy_vs_sparsity",
     "dense": "dense_training",
+    "netdev": "netdev_vs_amount",
+    "accuracy_amount": "accuracy_vs_amount",
+    "epochs": "epochs_vs_amount",
 }
 RUN_COLUMNS = [
     "arch", "seed", "method", "amount", "trial", "sparsity", "acc_pruned", "iterations",
     "status", "test_acc", "eps", "eta", "max_iters", "masked", "t_init", "loss_star",
     "final_eval_loss", "upper", "lower_g1", "gamma_max", "gamma_fit", "lower_fit",
-    "within_g1", "within_fit",
+    "within_g1", "within_fit", "level", "epochs", "ndev_lhs", "ndev_rhs", "ndev_dev", "D",
+    "lower_ep_g1", "lower_ep_fit", "gamma_ep_fit",
 ]  # fmt: skip
 SUMMARY_COLUMNS = [
     "arch", "method", "amount", "n_runs", "n_capped", "n_diverged", "sparsity",
@@ -63,6 +67,7 @@ _METHOD_ORDER = (0, 2, 4, 9, 5, 6, 8)  # blue, green, ...: far from the red of d
 _ARCH_ORDER = (4, 5, 1, 9, 6, 8)
 SYMLOG_LINTHRESH = 1.0  # iterations below 1 (i.e. 0) sit in the linear part of the axis
 X_LABEL = "real sparsity (fraction of weights removed)"
+AMOUNT_LABEL = "pruning amount s (connection: share of weights; node: share of units/filters)"
 ACC_LABEL = "accuracy (fraction correct)"
 
 
@@ -249,14 +254,20 @@ def plot_iterations(runs: pd.DataFrame, summary: pd.DataFrame) -> Figure:
 # --------------------------------------------------------------------------- figure 2
 
 
-def plot_accuracy(runs: pd.DataFrame, dense: pd.DataFrame, eval_size: int | None) -> Figure:
-    """Accuracy right after pruning and after retraining against sparsity, one panel per arch.
+def plot_accuracy(
+    runs: pd.DataFrame, dense: pd.DataFrame, eval_size: int | None, by: str = "sparsity"
+) -> Figure:
+    """Accuracy right after pruning and after retraining, one panel per arch.
 
-    The pruned accuracy is measured on the evaluation subset, the retrained one on the test
-    set (the stage labels say so); diverged runs have no meaningful retrained accuracy and
-    are left out of that curve. Error bars are bootstrap 95 % CIs over trials.
+    ``by`` = 'sparsity': against the real fraction of weights removed (comparable across
+    connection and node pruning); 'amount': against the nominal amount s. The pruned
+    accuracy is measured on the evaluation subset, the retrained one on the test set (the
+    stage labels say so); diverged runs have no meaningful retrained accuracy and are left
+    out of that curve. Error bars are bootstrap 95 % CIs over trials.
     """
     runs = _with_mean_sparsity(runs)
+    if by == "amount":
+        runs["x"] = runs["amount"]
     archs, methods = _order(runs["arch"]), _order(runs["method"])
     n_eval = f", n = {eval_size}" if eval_size else ""
     after = "after retraining (test set)"
@@ -291,7 +302,7 @@ def plot_accuracy(runs: pd.DataFrame, dense: pd.DataFrame, eval_size: int | None
         ax.set_ylabel(ACC_LABEL)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)
-    fig.supxlabel(X_LABEL)
+    fig.supxlabel(AMOUNT_LABEL if by == "amount" else X_LABEL)
     handles, labels = axes[0].get_legend_handles_labels()
     axes[0].get_legend().remove()
     handles.append(Line2D([], [], color="black", ls="--"))
@@ -329,6 +340,151 @@ def plot_dense(curves: pd.DataFrame, eval_size: int | None) -> Figure:
     ax_loss.get_legend().remove()
     fig.legend(handles, labels, loc="outside right center", fontsize=10)
     return fig
+
+
+# --------------------------------------------------------------------------- section B
+
+
+def _level_styles(runs: pd.DataFrame) -> dict[str, Any]:
+    return {"connection": (4, 2), "node": ""} if "level" in runs else {}
+
+
+def plot_netdev(runs: pd.DataFrame) -> Figure:
+    """Normalised Net Deviation D (top) and its two terms (bottom) against the pruning amount.
+
+    One column per architecture, one colour per method, dashed lines for connection-level
+    methods. Top: D = |dev| / max |dev| of the method's sweep (mean over trials, bootstrap
+    95 % CI). Bottom, log scale: the measured output change ||dY(L)|| (solid, circles) and
+    the propagation bound's right-hand side (dotted, squares); dev is their difference.
+    """
+    archs, methods = _order(runs["arch"]), _order(runs["method"])
+    colors = _colors(methods, _METHOD_ORDER)
+    fig = _new_figure(5.2 * len(archs) + 3.2, 8.4)
+    axes = fig.subplots(2, len(archs), sharex=True, squeeze=False)
+    for j, arch in enumerate(archs):
+        sub = runs[runs["arch"] == arch]
+        ax = axes[0, j]
+        sns.lineplot(
+            data=sub, x="amount", y="D", hue="method", hue_order=methods, palette=colors,
+            style="level", dashes=_level_styles(sub), markers=False, errorbar=("ci", 95),
+            err_style="bars", seed=0, ax=ax, legend=j == 0, marker="o",
+        )  # fmt: skip
+        ax.set_title(f"{arch}: normalised Net Deviation")
+        ax.set_ylabel("D = |dev| / max |dev| of the sweep")
+        ax.set_ylim(-0.02, 1.08)
+        ax.axhline(1.0, color="black", lw=0.8, ls=":")
+        ax = axes[1, j]
+        means = sub.groupby(["method", "amount"], as_index=False)[["ndev_lhs", "ndev_rhs"]].mean()
+        for method in methods:
+            m = means[means["method"] == method].sort_values("amount")
+            ax.plot(m["amount"], m["ndev_lhs"], color=colors[method], marker="o", lw=1.8)
+            ax.plot(m["amount"], m["ndev_rhs"], color=colors[method], marker="s", lw=1.2, ls=":")
+        ax.set_yscale("log")
+        ax.set_title(f"{arch}: the two terms of dev (mean over trials)")
+        ax.set_ylabel("output change, logits (log scale)")
+    for ax in axes.flat:
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("")
+    fig.supxlabel(AMOUNT_LABEL)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    axes[0, 0].get_legend().remove()
+    handles += [
+        Line2D([], [], color="grey", marker="o", lw=1.8, label="measured ||dY(L)||"),
+        Line2D([], [], color="grey", marker="s", lw=1.2, ls=":", label="bound (right-hand side)"),
+    ]
+    labels += ["measured ||dY(L)||", "bound (right-hand side)"]
+    fig.legend(handles, labels, loc="outside right center", fontsize=10)
+    return fig
+
+
+def plot_epochs(runs: pd.DataFrame) -> Figure:
+    """Retraining epochs against the amount with section B's curvature-based lower bound.
+
+    Rows are architectures and columns methods. Points: single runs; diamonds: mean over
+    non-diverged runs (capped runs at the cap). Dashed: (mu1/mu2)(g(W_s)/g(W_init)) t_init
+    in epochs (gamma = 1, mean over runs); solid grey: the same with the fitted gamma. The
+    y axis is symlog, linear below one iteration's worth of epochs, so 0 is visible.
+    """
+    archs, methods = _order(runs["arch"]), _order(runs["method"])
+    colors = _colors(methods, _METHOD_ORDER)
+    rng = np.random.default_rng(0)
+    nr, nc = len(archs), len(methods)
+    fig = _new_figure(4.2 * nc + 0.6, 3.5 * nr + 1.2)
+    axes = fig.subplots(nr, nc, sharex=True, sharey=True, squeeze=False)
+    per_iter = (runs["epochs"] / runs["iterations"]).replace([np.inf, -np.inf], np.nan).dropna()
+    lin = float(per_iter.min()) if len(per_iter) else 1e-3
+    top = lin
+    for i, arch in enumerate(archs):
+        for j, method in enumerate(methods):
+            ax = axes[i, j]
+            r = runs[(runs["arch"] == arch) & (runs["method"] == method)]
+            ax.set_title(f"{arch} · {method}")
+            if r.empty:
+                ax.text(0.5, 0.5, "no runs", transform=ax.transAxes, ha="center")
+                continue
+            ok = r[r["status"] != "diverged"]
+            x = r["amount"].to_numpy(float) + rng.uniform(-0.012, 0.012, len(r))
+            capped = (r["status"] == "capped").to_numpy()
+            ax.scatter(x[~capped], r["epochs"][~capped], color=colors[method], alpha=0.45, s=22)
+            if capped.any():
+                ax.scatter(
+                    x[capped], r["epochs"][capped], color=colors[method], marker="^",
+                    edgecolor="black", s=40,
+                )  # fmt: skip
+            g = ok.groupby("amount")
+            mean = g["epochs"].mean()
+            ax.plot(mean.index, mean.values, "D-", color="black", ms=5, lw=1.2, zorder=4)
+            lo1, lofit = g["lower_ep_g1"].mean(), g["lower_ep_fit"].mean()
+            ax.plot(lo1.index, lo1.values, ls="--", color="black", lw=1.2)
+            ax.plot(lofit.index, lofit.values, color=BOUND_COLOR, lw=2.2)
+            gamma = r["gamma_ep_fit"].dropna()
+            est = r["mu_estimator"].iloc[0] if "mu_estimator" in r else "?"
+            gtext = fmt_gamma(gamma.iloc[0] if len(gamma) else math.nan)
+            ax.text(
+                0.03, 0.97, f"μ: {est} estimator\nfitted γ = {gtext}",
+                transform=ax.transAxes, va="top", fontsize=9,
+                bbox={"boxstyle": "round", "fc": "white", "ec": BOUND_COLOR},
+            )  # fmt: skip
+            vals = np.concatenate([r["epochs"].to_numpy(float), lo1.to_numpy(float)])
+            vals = vals[np.isfinite(vals)]
+            top = max(top, float(vals.max()) if len(vals) else lin)
+    for ax in axes.flat:
+        ax.set_yscale("symlog", linthresh=lin, linscale=0.5)
+        ax.set_ylim(-0.3 * lin, top * 6)
+        ax.set_xlim(0, 1)
+    for ax in axes[-1]:
+        ax.set_xlabel("pruning amount s")
+    fig.supylabel("retraining epochs (symlog; linear below one iteration)")
+    handles = [
+        Line2D([], [], ls="", marker="o", color="grey", alpha=0.6, label="run"),
+        Line2D([], [], ls="", marker="^", color="grey", mec="black", label="run, capped"),
+        Line2D([], [], ls="-", marker="D", color="black", label="mean (diverged excluded)"),
+        Line2D([], [], ls="--", color="black", label="lower bound, γ = 1, estimated μ1/μ2"),
+        Line2D([], [], ls="-", lw=2.2, color=BOUND_COLOR, label="lower bound, fitted γ"),
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncol=5, fontsize=10)
+    return fig
+
+
+def netdev_findings(summary: pd.DataFrame, tol: float = 1e-6) -> list[str]:
+    """Per architecture: the method with the lowest mean D at each amount ('tie' when the
+    lowest values agree within ``tol``, as at an amount where every sweep peaks)."""
+    if "D" not in summary or summary["D"].isna().all():
+        return []
+    out = []
+    for arch, g in summary.dropna(subset=["D"]).groupby("arch", sort=False):
+        parts = []
+        for amount, a in g.groupby("amount", sort=True):
+            if len(a) < 2:
+                continue
+            a = a.sort_values(["D", "method"])
+            d = a["D"].to_numpy(float)
+            tied = a["method"][d <= d[0] + tol].tolist()
+            who = a["method"].iloc[0] if len(tied) == 1 else "tie of " + " = ".join(tied)
+            parts.append(f"{amount:g}: {who} ({d[0]:.3f})")
+        if parts:
+            out.append(f"{arch}, lowest D by amount: " + "; ".join(parts) + ".")
+    return out
 
 
 # --------------------------------------------------------------------------- tables
@@ -465,6 +621,52 @@ def summary_table(summary: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def netdev_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Net Deviation per (arch, method, amount) with the network size and accuracies."""
+    s = summary
+    return pd.DataFrame(
+        {
+            "arch": s["arch"],
+            "method": s["method"],
+            "level": s["level"],
+            "amount": s["amount"].map(lambda v: f"{v:g}"),
+            "units removed": s["units_removed"].map(lambda v: fmt_num(v, ".3f")),
+            "weights removed": s["sparsity"].map(lambda v: fmt_num(v, ".3f")),
+            "params left": [
+                f"{fmt_num(r, '.0f')} / {fmt_num(n, '.0f')}"
+                for r, n in zip(s["n_params_remaining"], s["n_params"], strict=True)
+            ],
+            "‖dY(L)‖": s["ndev_lhs_mean"].map(fmt_gamma),
+            "bound RHS": s["ndev_rhs_mean"].map(fmt_gamma),
+            "dev": s["ndev_dev_mean"].map(fmt_gamma),
+            "D": s["D"].map(lambda v: fmt_num(v, ".3f")),
+            "loss pruned": s["loss_pruned_mean"].map(lambda v: fmt_num(v, ".4g")),
+            "acc. pruned": s["acc_pruned_mean"].map(fmt_acc),
+            "test acc. retrained": s["test_acc_mean"].map(fmt_acc),
+        }
+    )
+
+
+def curvature_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Curvature estimates and the epoch lower bound per (arch, method, amount)."""
+    s = summary
+    return pd.DataFrame(
+        {
+            "arch": s["arch"],
+            "method": s["method"],
+            "amount": s["amount"].map(lambda v: f"{v:g}"),
+            "μ estimator": s["mu_estimator"],
+            "μ1": s["mu1_mean"].map(fmt_gamma),
+            "μ2 (mean)": s["mu2_mean"].map(fmt_gamma),
+            "μ1/μ2 (median)": s["mu_ratio_median"].map(fmt_gamma),
+            "epochs (mean)": s["epochs_mean"].map(lambda v: fmt_num(v, ".4g")),
+            "lower (γ=1)": s["lower_ep_g1_mean"].map(fmt_gamma),
+            "lower (fitted)": s["lower_ep_fit_mean"].map(fmt_gamma),
+            "fitted γ": s["gamma_ep_fit"].map(fmt_gamma),
+        }
+    )
+
+
 def _where(g: pd.DataFrame) -> str:
     keys = g[["arch", "method", "amount"]].drop_duplicates()
     return ", ".join(f"{a}/{m}/{x:g}" for a, m, x in keys.itertuples(index=False))
@@ -533,6 +735,27 @@ FIGURE_TEXT = {
         "Evaluation-subset loss (log scale) and accuracy against optimizer step; the last point "
         "is W*, whose loss L(W*) is the retraining target.",
     ),
+    "netdev": (
+        "Net Deviation against the pruning amount",
+        "Top: normalised Net Deviation D = |dev| / max |dev| of each method's sweep (mean over "
+        "trials, bootstrap 95 % CI; dashed: connection-level methods), measured on the pruning "
+        "data. Lower D is read as a better pruning method. Bottom (log scale): the measured "
+        "output change ‖dY(L)‖ (solid) and the right-hand side of the layer-wise propagation "
+        "bound (dotted); dev is their difference.",
+    ),
+    "accuracy_amount": (
+        "Accuracy against the pruning amount",
+        "As the accuracy figure above, against the nominal amount s: the share of weights per "
+        "tensor for connection pruning, the share of hidden units/filters per layer for node "
+        "pruning.",
+    ),
+    "epochs": (
+        "Retraining epochs with the curvature-based lower bound",
+        "Points: single runs (triangles: capped); diamonds: mean. Dashed: the lower bound "
+        "(μ1/μ2)·(g(W_s)/g(W_init))·t_init in epochs with estimated curvatures (secant estimator "
+        "for connection pruning, PL for node pruning) at γ = 1; solid grey: with γ fitted per "
+        "architecture and method.",
+    ),
 }
 
 HTML_TEMPLATE = """<!DOCTYPE html>
@@ -573,6 +796,14 @@ bounds of John, Mishra &amp; Johnson (2020)? Study <code>{{ study }}</code>.</p>
 {{ setup_html }}
 <h2>Summary per pruning amount</h2>
 {{ summary_html }}
+{% for sec in sections %}
+<h2>{{ sec.title }}</h2>
+<p>{{ sec.intro }}</p>
+{% if sec.notes %}<ul class="notes">
+{% for n in sec.notes %}  <li>{{ n }}</li>
+{% endfor %}</ul>{% endif %}
+{{ sec.table }}
+{% endfor %}
 <h2>Figures</h2>
 {% for f in figures %}
 <figure id="{{ f.key }}">
@@ -605,12 +836,50 @@ def _md_table(df: pd.DataFrame) -> str:
     return df.to_markdown(index=False, disable_numparse=True)
 
 
+@dataclass(frozen=True)
+class Section:
+    """An extra titled table of the summary documents (section B's results)."""
+
+    title: str
+    intro: str
+    notes: Sequence[str]
+    table: pd.DataFrame
+
+
+def section_b(summary: pd.DataFrame) -> list[Section]:
+    """Net Deviation and curvature sections, when the summary carries their columns."""
+    if "D" not in summary:
+        return []
+    return [
+        Section(
+            "Net Deviation (THEORY.md B)",
+            "On the pruning data (a fixed subset of the training split): the measured output "
+            "change ‖dY(L)‖, the right-hand side of the layer-wise propagation bound, "
+            "dev = ‖dY(L)‖ − RHS, and D = |dev| / max |dev| over each method's sweep of amounts "
+            "(means over trials). Parameter counts are exact; node pruning yields a masked "
+            "network equivalent to the physically smaller one.",
+            netdev_findings(summary),
+            netdev_table(summary),
+        ),
+        Section(
+            "Curvature estimates and the epoch lower bound (THEORY.md B)",
+            "μ1 (initial training) and μ2 (retraining) on the evaluation set: secant estimator "
+            "for connection pruning, Polyak–Łojasiewicz for node pruning; lower bound "
+            "γ·(μ1/μ2)·(g(W_s)/g(W_init))·t_init in epochs, at γ = 1 and with γ fitted per "
+            "architecture and method.",
+            [],
+            curvature_table(summary),
+        ),
+    ]
+
+
 def build_markdown(
     title: str,
     tables: Mapping[str, pd.DataFrame],
     notes: Sequence[str],
     figures: Sequence[RenderedFigure],
     md_dir: Path,
+    sections: Sequence[Section] = (),
 ) -> str:
     """summary.md: the same content as the HTML, figures linked by relative path."""
     parts = [
@@ -638,9 +907,13 @@ def build_markdown(
         "",
         _md_table(tables["summary"]),
         "",
-        "## Figures",
-        "",
     ]
+    for sec in sections:
+        parts += [f"## {sec.title}", "", sec.intro, ""]
+        if sec.notes:
+            parts += [f"- {n}" for n in sec.notes] + [""]
+        parts += [_md_table(sec.table), ""]
+    parts += ["## Figures", ""]
     for f in figures:
         head, text = FIGURE_TEXT[f.key]
         rel = Path(os.path.relpath(f.path, md_dir)).as_posix()
@@ -654,6 +927,7 @@ def build_html(
     tables: Mapping[str, pd.DataFrame],
     notes: Sequence[str],
     figures: Sequence[RenderedFigure],
+    sections: Sequence[Section] = (),
 ) -> str:
     """summary.html: self-contained, the figures embedded as base64 data URIs."""
     env = Environment(autoescape=select_autoescape(default=True, default_for_string=True))
@@ -674,6 +948,10 @@ def build_html(
         retrain_html=_html_table(tables["retrain"]),
         setup_html=_html_table(tables["setup"]),
         summary_html=_html_table(tables["summary"]),
+        sections=[
+            {"title": x.title, "intro": x.intro, "notes": x.notes, "table": _html_table(x.table)}
+            for x in sections
+        ],
         notes=notes,
         figures=figs,
     )
@@ -697,7 +975,7 @@ def run_report(
     out_md: Path,
     out_html: Path,
 ) -> dict[str, Path]:
-    """The `report` job: three figures in ``out_dir``, summary.md and a self-contained HTML.
+    """The `report` job: six figures in ``out_dir``, summary.md and a self-contained HTML.
 
     ``params`` holds ``report: {format, dpi}`` and ``study``. Returns the written paths.
     """
@@ -724,14 +1002,18 @@ def run_report(
 
     out_dir = Path(out_dir)
     figures: list[RenderedFigure] = []
+    plots = {
+        "iterations": lambda: plot_iterations(runs, summary),
+        "accuracy": lambda: plot_accuracy(runs, dense, eval_size),
+        "dense": lambda: plot_dense(curves, eval_size),
+        "netdev": lambda: plot_netdev(runs),
+        "accuracy_amount": lambda: plot_accuracy(runs, dense, eval_size, by="amount"),
+        "epochs": lambda: plot_epochs(runs),
+    }
     with rc_context(theme()):
-        for key, fig in (
-            ("iterations", plot_iterations(runs, summary)),
-            ("accuracy", plot_accuracy(runs, dense, eval_size)),
-            ("dense", plot_dense(curves, eval_size)),
-        ):
+        for key, make in plots.items():
             path = out_dir / f"{FIGURES[key]}.{fmt}"
-            figures.append(RenderedFigure(key, path, fmt, render(fig, fmt, dpi)))
+            figures.append(RenderedFigure(key, path, fmt, render(make(), fmt, dpi)))
     for f in figures:
         write_bytes(f.path, f.data)
         log.info("wrote %s (%d bytes)", f.path, len(f.data))
@@ -745,9 +1027,13 @@ def run_report(
     notes = caveats(runs, summary, metrics)
     for n in notes:
         log.warning("%s", n)
+    sections = section_b(summary)
+    for line in sections[0].notes if sections else []:
+        log.info("Net Deviation: %s", line)
     title = f"Retraining after pruning: iterations against bounds ({study})"
-    write_text(Path(out_md), build_markdown(title, tables, notes, figures, Path(out_md).parent))
-    write_text(Path(out_html), build_html(title, study, tables, notes, figures))
+    md = build_markdown(title, tables, notes, figures, Path(out_md).parent, sections)
+    write_text(Path(out_md), md)
+    write_text(Path(out_html), build_html(title, study, tables, notes, figures, sections))
     written = {f.key: f.path for f in figures}
     written.update(md=Path(out_md), html=Path(out_html))
     return written

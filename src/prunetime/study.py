@@ -1,4 +1,4 @@
-"""The retraining-bounds study (THEORY.md section A) as job-sized functions.
+"""The retraining-bounds study (THEORY.md sections A and B) as job-sized functions.
 
 Each function is one Snakemake job: it reads its inputs, computes, and writes its outputs
 atomically. None imports pandas, seaborn or torchvision, so training jobs start fast;
@@ -7,6 +7,9 @@ the table and figure steps live in :mod:`prunetime.analysis` and :mod:`prunetime
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import time
 import zlib
 from pathlib import Path
@@ -14,11 +17,22 @@ from typing import Any
 
 import torch
 
-from prunetime import bounds
+from prunetime import bounds, curvature, netdev
 from prunetime.data import Split, eval_indices, load_prepared
 from prunetime.io import load_torch, read_json, save_torch, write_csv, write_json
+from prunetime.journal import TrialJournal
 from prunetime.models import build_model, init_weights, weight_names
-from prunetime.pruning import apply_pruning, build_pruner, pack_masks, resolve_layers, unpack_masks
+from prunetime.pruning import (
+    PRUNERS,
+    apply_pruning,
+    build_pruner,
+    kept_units,
+    pack_masks,
+    param_counts,
+    resolve_layers,
+    selected_unit_layers,
+    unpack_masks,
+)
 from prunetime.training import (
     evaluate,
     resolve_device,
@@ -26,12 +40,19 @@ from prunetime.training import (
     train_dense,
 )
 
+log = logging.getLogger("prunetime")
 
-def job_config(config: dict[str, Any], arch_name: str, stage: str) -> dict[str, Any]:
+
+def job_config(
+    config: dict[str, Any], arch_name: str, stage: str, method: str | None = None
+) -> dict[str, Any]:
     """The slice of the validated config one job depends on.
 
     Rules pass it as a param: Snakemake reruns a job exactly when its slice changes, so
-    changing eps reruns retraining but not dense training or pruning.
+    changing eps reruns retraining but not dense training or pruning. With ``method`` the
+    pruning slice holds only what that method reads: a deterministic method ignores
+    ``trials`` (it runs one), only ``random`` reads ``with_replacement`` and only
+    ``clustered`` its options.
     """
     arch = config["architectures"][arch_name]
     out: dict[str, Any] = {
@@ -40,10 +61,23 @@ def job_config(config: dict[str, Any], arch_name: str, stage: str) -> dict[str, 
         "architectures": {arch_name: {"model": arch["model"]}},
     }
     sel = out["architectures"][arch_name]
+    pcfg = config["pruning"]
     if stage == "dense":
         sel.update(init=arch["init"], train=arch["train"])
+    elif stage == "netdev":
+        out["pruning"] = {"data": pcfg["data"]}
+        out["netdev"] = config["netdev"]
     elif stage == "prune":
-        out["pruning"] = {k: config["pruning"][k] for k in ("trials", "layers", "with_replacement")}
+        keys = ["layers", "data"]
+        cls = PRUNERS.get(method) if method is not None else None
+        if cls is None or cls.stochastic:
+            keys.append("trials")
+        if method in (None, "random"):
+            keys.append("with_replacement")
+        if method in (None, "clustered"):
+            keys.append("clustered")
+        out["pruning"] = {k: pcfg[k] for k in sorted(keys)}
+        out["netdev"] = config["netdev"]
     elif stage == "retrain":
         sel["retrain"] = arch["retrain"]
         out["retrain"] = config["retrain"]
@@ -65,8 +99,19 @@ def fmt_amount(amount: float) -> str:
 def setup_torch(device: str = "auto", threads: int = 1) -> str:
     """Pin torch's thread count to the job's share of cores and pick the device."""
     torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    _deterministic_algorithms()
     return resolve_device(device)
+
+
+def _deterministic_algorithms() -> None:
+    """torch.use_deterministic_algorithms(True, warn_only=True) without its import of
+    torch._inductor, which costs about 4 s of CPU per job and only configures torch.compile
+    (never used here); jobs that build an optimizer import it anyway, pruning jobs do not."""
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None:  # a torch without the private setter: the public call
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        setter(True, warn_only=True)
 
 
 def _load_data(
@@ -75,6 +120,35 @@ def _load_data(
     prep = load_prepared(data_path, config["data"]["normalize"], device)
     idx = eval_indices(len(prep.val), config["eval"]["size"], config["eval"]["seed"]).to(device)
     return prep.train, prep.val, prep.test, prep.val.subset(idx)
+
+
+def pruning_indices(n_train: int, size: int, seed: int) -> torch.Tensor:
+    """The fixed, seeded pruning data: ``size`` images of the training split (never test).
+
+    Clustered pruning describes units by their activations on it, and the Net Deviation
+    is measured on it (THEORY.md B: on the data that drove the pruning).
+    """
+    if not 0 < size <= n_train:
+        raise ValueError(
+            f"config key 'pruning.data.size': {size} must lie in (0, {n_train}] "
+            "(the training split)"
+        )
+    perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(seed))
+    return perm[:size].sort().values
+
+
+def pruning_data(config: dict[str, Any], train: Split) -> Split:
+    d = config["pruning"]["data"]
+    return train.subset(pruning_indices(len(train), d["size"], d["seed"]).to(train.y.device))
+
+
+def method_options(config: dict[str, Any], method_name: str) -> dict[str, Any]:
+    """The options a method takes from the config (``pruning.with_replacement``, ...)."""
+    if method_name == "random":
+        return {"with_replacement": config["pruning"]["with_replacement"]}
+    if method_name == "clustered":
+        return dict(config["pruning"]["clustered"])
+    return {}
 
 
 def _model_from_state(
@@ -111,6 +185,7 @@ def run_dense(
 
     tr = arch["train"]
     batch_gen = torch.Generator(device=device).manual_seed(derive_seed(seed, arch_name, "train"))
+    resume = out_ckpt.with_name("dense.resume.pt")  # periodic state of a killed job
     t0 = time.perf_counter()
     result = train_dense(
         model,
@@ -123,6 +198,9 @@ def run_dense(
         generator=batch_gen,
         log_every=tr["log_every"],
         momentum=tr["momentum"],
+        resume=resume,
+        checkpoint_every=tr["checkpoint_every"],
+        fingerprint=fingerprint(config, arch_name, seed, data_path),
     )
     wall = time.perf_counter() - t0
     w_star = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -156,7 +234,42 @@ def run_dense(
     save_torch(out_ckpt, {"w_init": w_init, "w_star": w_star, "weight_names": names})
     write_csv(out_curve, [{"arch": arch_name, "seed": seed, **row} for row in result.curve])
     write_json(out_metrics, metrics)
+    resume.unlink(missing_ok=True)
     return metrics
+
+
+def run_netdev_reference(
+    config: dict[str, Any],
+    arch_name: str,
+    seed: int,
+    data_path: Path,
+    dense_ckpt: Path,
+    out_json: Path,
+    device: str = "auto",
+    threads: int = 1,
+) -> dict[str, Any]:
+    """Mean Jacobian norms ||dY(i)/dY(i-1)|| of W* on the pruning data (THEORY.md B).
+
+    They depend on the unpruned network only, so one job per (architecture, seed) computes
+    them for every pruning job (the per-sample Jacobians of a conv stage are the costly part).
+    """
+    device = setup_torch(device, threads)
+    arch = config["architectures"][arch_name]
+    train, _, _, _ = _load_data(config, data_path, device)
+    x = pruning_data(config, train).x
+    model = _model_from_state(arch, load_torch(dense_ckpt)["w_star"], device)
+    t0 = time.perf_counter()
+    jac = netdev.jacobian_norms(model, x, config["netdev"]["norm"])
+    out = {
+        "arch": arch_name,
+        "seed": seed,
+        "norm": config["netdev"]["norm"],
+        "data": config["pruning"]["data"],
+        "jacobian_norms": jac,
+        "wall_s": time.perf_counter() - t0,
+    }
+    write_json(out_json, out)
+    return out
 
 
 def run_prune(
@@ -171,44 +284,91 @@ def run_prune(
     out_table: Path,
     device: str = "auto",
     threads: int = 1,
+    netdev_ref: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Prune W* for every trial; record sparsity, g(W_s), ||W_s - W*||^2, loss after pruning."""
+    """Prune W* for every trial and measure the pruned network before any retraining.
+
+    Per trial: real sparsity, units removed and exact parameter counts, g(W_s),
+    ||W_s - W*||^2, loss and accuracy on the evaluation set, the curvature estimates mu1, mu2
+    (both estimators; ``mu1``/``mu2`` hold the one for the method's level) and, with
+    ``netdev_ref``, the Net Deviation on the pruning data. A deterministic method runs one
+    trial whatever ``pruning.trials`` says.
+    """
     device = setup_torch(device, threads)
     arch = config["architectures"][arch_name]
     pcfg = config["pruning"]
-    _, _, _, evalset = _load_data(config, data_path, device)
+    train, _, _, evalset = _load_data(config, data_path, device)
+    pdata = pruning_data(config, train)
     ckpt = load_torch(dense_ckpt)
     w_star = ckpt["w_star"]
-    options = {"with_replacement": pcfg["with_replacement"]} if method_name == "random" else {}
-    method = build_pruner(method_name, **options)
+    method = build_pruner(method_name, **method_options(config, method_name))
     probe = build_model(arch["model"])
     layers = resolve_layers(probe, pcfg["layers"])
     names = weight_names(probe)
+    hidden = selected_unit_layers(probe, layers) if method.level == "node" else []
+
+    # Reference quantities of the unpruned and the initial network (evaluation set).
+    star = _model_from_state(arch, w_star, device)
+    init = _model_from_state(arch, ckpt["w_init"], device)
+    grad_star = curvature.grad_vectors(star, evalset, names)
+    grad_init = curvature.grad_vectors(init, evalset, names)
+    loss_star, _ = evaluate(star, evalset)
+    loss_init, _ = evaluate(init, evalset)
+    mu1_secant = curvature.secant(grad_init, grad_star, ckpt["w_init"], w_star, names)
+    mu1_pl = curvature.pl(curvature.sq_norm(grad_init), loss_init, loss_star)
+    jac = None
+    if netdev_ref is not None:
+        ref = read_json(netdev_ref)
+        if ref["norm"] != config["netdev"]["norm"] or ref["data"] != pcfg["data"]:
+            raise ValueError(f"{netdev_ref}: computed for other netdev/pruning.data settings")
+        jac = ref["jacobian_norms"]
+    estimator = curvature.estimator_for(method.level)
 
     rows: list[dict[str, Any]] = []
     stored: list[dict[str, Any]] = []
-    for trial in range(pcfg["trials"]):
+    for trial in range(method.n_trials(pcfg.get("trials", 1))):
         model = _model_from_state(arch, w_star, device)
         gen = torch.Generator().manual_seed(
             derive_seed(seed, arch_name, method_name, fmt_amount(amount), trial, "prune")
         )
-        masks, sparsity = apply_pruning(model, method, layers, amount, gen)
+        masks, sparsity = apply_pruning(model, method, layers, amount, gen, pdata.x)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        g_s = bounds.grad_sq_norms(model, evalset, names)
+        grad_s = curvature.grad_vectors(model, evalset, names)
+        g_s = {n: float(grad_s[n].pow(2).sum()) for n in names}
         loss_p, acc_p = evaluate(model, evalset)
-        row = {
+        mu = {
+            "mu1_secant": mu1_secant,
+            "mu2_secant": curvature.secant(grad_s, grad_star, state, w_star, names),
+            "mu1_pl": mu1_pl,
+            "mu2_pl": curvature.pl(sum(g_s.values()), loss_p, loss_star),
+        }
+        row: dict[str, Any] = {
             "arch": arch_name,
             "seed": seed,
             "method": method_name,
             "amount": amount,
             "trial": trial,
+            "level": method.level,
             "sparsity": sparsity["overall"],
             "g_s": sum(g_s.values()),
             "d2": bounds.sq_distance(state, w_star, names),
             "loss_pruned": loss_p,
             "acc_pruned": acc_p,
+            **param_counts(model, masks),
         }
-        row.update({f"sparsity[{n}]": sparsity[n] for n in layers})
+        if hidden:
+            kept = kept_units(model, masks)
+            removed = {u.name: u.units - len(kept[u.name]) for u in hidden}
+            row["units_removed"] = sum(removed.values()) / sum(u.units for u in hidden)
+            row.update({f"units_removed[{n}]": v for n, v in removed.items()})
+        else:
+            row["units_removed"] = 0.0
+        row.update(mu)
+        row.update(mu_estimator=estimator, mu1=mu[f"mu1_{estimator}"], mu2=mu[f"mu2_{estimator}"])
+        if jac is not None:
+            pruned = {k: v.detach() for k, v in model.named_parameters()}
+            row.update(netdev.net_deviation(star, pruned, pdata.x, jac))
+        row.update({f"sparsity[{n}]": sparsity[n] for n in layers if n in sparsity})
         rows.append(row)
         rec: dict[str, Any] = {"masks": pack_masks(masks)}
         if method.changes_weights:
@@ -244,9 +404,20 @@ def run_retrain(
     pruned = load_torch(prune_file)
     target = float(read_json(dense_metrics)["loss_star"])
 
+    # Finished trials survive a killed job: a rerun of the same job resumes after them.
+    journal = TrialJournal(
+        out_table.with_name(f"{out_table.stem}.journal.pt"),
+        fingerprint(config, arch_name, seed, method_name, amount, dense_ckpt, prune_file),
+    )
+    if journal.records:
+        log.info("resumed %d finished trial(s) from the journal", len(journal.records))
     rows: list[dict[str, Any]] = []
     curves: list[dict[str, Any]] = []
     for trial, rec in enumerate(pruned["trials"]):
+        if trial in journal:
+            rows.append(journal[trial]["row"])
+            curves.extend(journal[trial]["curve"])
+            continue
         masks = {k: v.to(device) for k, v in unpack_masks(rec["masks"]).items()}
         model = _model_from_state(arch, rec.get("state", ckpt["w_star"]), device)
         params = dict(model.named_parameters())
@@ -270,6 +441,7 @@ def run_retrain(
             generator=gen,
             masks=masks if masked else None,
             momentum=rt["momentum"],
+            divergence_factor=rt["divergence_factor"],
         )
         wall = time.perf_counter() - t0
         val_loss, val_acc = evaluate(model, val)
@@ -291,13 +463,38 @@ def run_retrain(
                 "eps": rt["eps"],
                 "eta": rt["lr"],
                 "max_iters": rt["max_iters"],
+                "batch_size": rt["batch_size"],
+                "n_train": len(train),
                 "masked": masked,
                 "wall_s": wall,
             }
         )
-        curves.extend(
+        curve = [
             {"trial": trial, "step": t, "eval_loss": loss} for t, loss in enumerate(res.eval_losses)
-        )
+        ]
+        curves.extend(curve)
+        journal.add(trial, {"row": rows[-1], "curve": curve})
     write_csv(out_curves, curves)
     write_csv(out_table, rows)
+    journal.discard()
     return rows
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fingerprint(config: dict[str, Any], *parts: Any) -> str:
+    """Identity of a job: its config slice, its identifying parts and its input files' bytes.
+
+    Resume state is reused only under the same fingerprint, so a changed config or input
+    never resumes from stale state.
+    """
+    paths = [p for p in parts if isinstance(p, Path)]
+    others = [str(p) for p in parts if not isinstance(p, Path)]
+    blob = json.dumps([config, others, [_digest(p) for p in paths]], sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()

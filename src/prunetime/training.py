@@ -6,6 +6,7 @@ epoch from a seeded permutation, so runs are reproducible and epochs are well de
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -163,6 +164,7 @@ def train_dense(
         stream.load_state_dict(state["stream"])
         curve, running, count = list(state["curve"]), state["running"], state["count"]
         start = state["step"] + 1
+        logging.getLogger("prunetime").info("resumed dense training at step %d", state["step"])
     else:
         loss0, acc0 = evaluate(model, evalset)
         curve.append({"step": 0, "train_loss": math.nan, "eval_loss": loss0, "eval_acc": acc0})

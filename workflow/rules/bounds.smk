@@ -8,6 +8,7 @@ rule bounds:
         summary=f"{RES}/tables/summary.csv",
         dense=f"{RES}/tables/dense.csv",
         metrics=f"{RES}/metrics.json",
+        netdev=f"{RES}/tables/netdev.csv",
     params:
         cfg=json.dumps({"bounds": config["bounds"]}, sort_keys=True),
     log:
@@ -21,4 +22,4 @@ rule bounds:
         "python scripts/bounds.py --params {params.cfg:q} --prune {input.prune:q} "
         "--retrain {input.retrain:q} --dense {input.dense:q} --out-runs {output.runs:q} "
         "--out-summary {output.summary:q} --out-dense {output.dense:q} "
-        "--out-metrics {output.metrics:q} > {log:q} 2>&1"
+        "--out-metrics {output.metrics:q} --out-netdev {output.netdev:q} > {log:q} 2>&1"

@@ -24,6 +24,21 @@ rule report:
             category="Dense training",
             caption="../report/dense.rst",
         ),
+        netdev=report(
+            f"{RES}/figures/netdev_vs_amount.{FMT}",
+            category="Net Deviation and retraining conditions",
+            caption="../report/netdev.rst",
+        ),
+        accuracy_amount=report(
+            f"{RES}/figures/accuracy_vs_amount.{FMT}",
+            category="Net Deviation and retraining conditions",
+            caption="../report/accuracy_amount.rst",
+        ),
+        epochs=report(
+            f"{RES}/figures/epochs_vs_amount.{FMT}",
+            category="Net Deviation and retraining conditions",
+            caption="../report/epochs.rst",
+        ),
         summary_md=f"{RES}/summary.md",
         summary_html=f"{RES}/summary.html",
     params:

@@ -1,0 +1,148 @@
+# Pre-training threshold study (THEORY.md C): for every dataset size m and seed, pre-train a
+# two-layer ReLU net with checkpoints (pretrain_train), run greedy forward selection at every
+# checkpoint (pretrain_prune), then estimate T*(m) and fit it against m (pretrain_threshold)
+# and draw the figures (pretrain_report). Active when the config has a `pretrain` section.
+from prunetime.pretrain import check_pretrain_config, params_json as pretrain_params
+
+PRE = f"{RES}/pretrain"
+PRE_LOGS = f"{LOGS}/pretrain"
+PRE_BENCH = f"{BENCH}/pretrain"
+HAS_PRETRAIN = "pretrain" in config
+
+if HAS_PRETRAIN:
+    try:
+        check_pretrain_config(config)
+    except ConfigError as err:
+        raise WorkflowError(str(err)) from None
+PRE_M = config["pretrain"]["m"] if HAS_PRETRAIN else []
+
+
+wildcard_constraints:
+    m="[0-9]+",
+
+
+# One job per (m, seed): the whole training run with all its checkpoints in one process.
+rule pretrain_train:
+    input:
+        data=PREPARED,
+    output:
+        ckpt=f"{PRE}/train/m{{m}}/seed{{seed}}/checkpoints.pt",
+        metrics=f"{PRE}/train/m{{m}}/seed{{seed}}/train.json",
+    params:
+        cfg=pretrain_params(config, "train"),
+        device=DEVICE,
+    log:
+        f"{PRE_LOGS}/train/m{{m}}_seed{{seed}}.log",
+    benchmark:
+        f"{PRE_BENCH}/train/m{{m}}_seed{{seed}}.tsv"
+    threads: THREADS
+    conda:
+        "../envs/prunetime.yaml"
+    shell:
+        "python scripts/pretrain_train.py --params {params.cfg:q} --m {wildcards.m} "
+        "--seed {wildcards.seed} --data {input.data:q} --ckpt {output.ckpt:q} "
+        "--metrics {output.metrics:q} --device {params.device} --threads {threads} > {log:q} 2>&1"
+
+
+# Greedy selection (both variants), fine-tuning and evaluation at every checkpoint of a run.
+rule pretrain_prune:
+    input:
+        data=PREPARED,
+        ckpt=rules.pretrain_train.output.ckpt,
+    output:
+        rows=f"{PRE}/prune/m{{m}}/seed{{seed}}/rows.csv",
+        metrics=f"{PRE}/prune/m{{m}}/seed{{seed}}/prune.json",
+    params:
+        cfg=pretrain_params(config, "prune"),
+        device=DEVICE,
+    log:
+        f"{PRE_LOGS}/prune/m{{m}}_seed{{seed}}.log",
+    benchmark:
+        f"{PRE_BENCH}/prune/m{{m}}_seed{{seed}}.tsv"
+    threads: THREADS
+    conda:
+        "../envs/prunetime.yaml"
+    shell:
+        "python scripts/pretrain_prune.py --params {params.cfg:q} --m {wildcards.m} "
+        "--seed {wildcards.seed} --data {input.data:q} --ckpt {input.ckpt:q} "
+        "--out-rows {output.rows:q} --out-metrics {output.metrics:q} --device {params.device} "
+        "--threads {threads} > {log:q} 2>&1"
+
+
+rule pretrain_threshold:
+    input:
+        rows=expand(rules.pretrain_prune.output.rows, m=PRE_M, seed=SEEDS),
+        metrics=expand(rules.pretrain_prune.output.metrics, m=PRE_M, seed=SEEDS),
+    output:
+        curves=f"{PRE}/tables/curves.csv",
+        thresholds=f"{PRE}/tables/thresholds.csv",
+        summary=f"{PRE}/tables/threshold_summary.csv",
+        fits=f"{PRE}/tables/fits.csv",
+        fits_md=f"{PRE}/tables/fits.md",
+        metrics=f"{PRE}/metrics.json",
+    params:
+        cfg=pretrain_params(config, "threshold"),
+    log:
+        f"{PRE_LOGS}/threshold.log",
+    benchmark:
+        f"{PRE_BENCH}/threshold.tsv"
+    threads: 1
+    conda:
+        "../envs/prunetime.yaml"
+    shell:
+        "python scripts/pretrain_threshold.py --params {params.cfg:q} --rows {input.rows:q} "
+        "--metrics {input.metrics:q} --out-curves {output.curves:q} "
+        "--out-thresholds {output.thresholds:q} --out-summary {output.summary:q} "
+        "--out-fits {output.fits:q} --out-fits-md {output.fits_md:q} "
+        "--out-metrics {output.metrics:q} > {log:q} 2>&1"
+
+
+rule pretrain_report:
+    input:
+        curves=rules.pretrain_threshold.output.curves,
+        thresholds=rules.pretrain_threshold.output.thresholds,
+        summary=rules.pretrain_threshold.output.summary,
+        fits=rules.pretrain_threshold.output.fits,
+        fits_md=rules.pretrain_threshold.output.fits_md,
+        metrics=rules.pretrain_threshold.output.metrics,
+    output:
+        loss=report(
+            f"{PRE}/figures/pruned_loss_vs_pretraining.{FMT}",
+            category="Pre-training threshold",
+            caption="../report/pretrain_loss.rst",
+        ),
+        accuracy=report(
+            f"{PRE}/figures/accuracy_vs_pretraining.{FMT}",
+            category="Pre-training threshold",
+            caption="../report/pretrain_accuracy.rst",
+        ),
+        threshold=report(
+            f"{PRE}/figures/threshold_vs_m.{FMT}",
+            category="Pre-training threshold",
+            caption="../report/pretrain_threshold.rst",
+        ),
+        normalised=report(
+            f"{PRE}/figures/normalised_threshold_vs_m.{FMT}",
+            category="Pre-training threshold",
+            caption="../report/pretrain_normalised.rst",
+        ),
+        summary_md=f"{PRE}/summary.md",
+    params:
+        cfg=json.dumps({"report": config["report"], "study": STUDY}, sort_keys=True),
+        figdir=lambda wc, output: str(Path(output.loss).parent),
+    log:
+        f"{PRE_LOGS}/report.log",
+    benchmark:
+        f"{PRE_BENCH}/report.tsv"
+    threads: 1
+    conda:
+        "../envs/prunetime.yaml"
+    shell:
+        "python scripts/pretrain_report.py --params {params.cfg:q} --curves {input.curves:q} "
+        "--thresholds {input.thresholds:q} --summary {input.summary:q} --fits {input.fits:q} "
+        "--fits-md {input.fits_md:q} --metrics {input.metrics:q} --out-dir {params.figdir:q} "
+        "--out-md {output.summary_md:q} > {log:q} 2>&1"
+
+
+# What `rule all` asks for when the config has a pretrain section.
+PRETRAIN_TARGETS = rules.pretrain_report.output if HAS_PRETRAIN else []
