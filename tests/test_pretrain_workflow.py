@@ -7,17 +7,14 @@ dry-run against its finished state, and the consistency tests recompute what the
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 import yaml
+from workflow_helpers import REPO, job_counts, project_copy, run_preset, snakemake, variant_config
 
 from prunetime.config import ConfigError, validate_config
 from prunetime.data import load_prepared
@@ -26,61 +23,20 @@ from prunetime.io import load_torch, read_json
 from prunetime.pretrain import check_pretrain_config
 from prunetime.threshold import DEFINITIONS, LAWS, threshold_step
 
-REPO = Path(__file__).resolve().parents[1]
-PARTS = ("Snakefile", "src", "scripts", "workflow", "config", "pyproject.toml")
 QUICK = "config/pretrain_quick.yaml"
-
-
-def copy_project(dest: Path) -> Path:
-    for part in PARTS:
-        src = REPO / part
-        if src.is_dir():
-            shutil.copytree(src, dest / part, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dest / part)
-    return dest
-
-
-def snakemake(workdir: Path, *args: str, env: dict[str, str] | None = None):
-    env = dict(env or os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return subprocess.run(
-        [sys.executable, "-m", "snakemake", *args],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=1800,
-    )
-
-
-def job_counts(output: str) -> dict[str, int]:
-    if "Nothing to be done" in output:
-        return {}
-    table = output.split("Job stats:", 1)[1]
-    return {
-        m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M) if m[1] != "total"
-    }
 
 
 def quick_cfg() -> dict:
     return yaml.safe_load((REPO / QUICK).read_text())
 
 
-def variant_config(workdir: Path, name: str, edit) -> str:
-    cfg = quick_cfg()
-    edit(cfg)
-    (workdir / name).write_text(yaml.safe_dump(cfg))
-    return name
+def variant(workdir: Path, name: str, edit) -> str:
+    return variant_config(workdir, QUICK, name, edit)
 
 
 @pytest.fixture(scope="session")
 def pretrain_run(tmp_path_factory: pytest.TempPathFactory, mnist_mirror: Path) -> Path:
-    workdir = copy_project(tmp_path_factory.mktemp("pretrain_quick"))
-    env = {**os.environ, "PRUNETIME_DATA_MIRROR": str(mnist_mirror)}
-    res = snakemake(workdir, "--cores", "2", "--configfile", QUICK, env=env)
-    assert res.returncode == 0, res.stderr[-5000:]
-    return workdir
+    return run_preset(project_copy(tmp_path_factory.mktemp("pretrain_quick")), QUICK, mnist_mirror)
 
 
 def results(workdir: Path) -> Path:
@@ -196,9 +152,7 @@ def test_rerun_with_nothing_changed_does_nothing(pretrain_run: Path) -> None:
 
 
 def test_changing_greedy_size_reruns_selection_but_not_training(pretrain_run: Path) -> None:
-    name = variant_config(
-        pretrain_run, "greedy.yaml", lambda c: c["pretrain"]["greedy"].update(size=8)
-    )
+    name = variant(pretrain_run, "greedy.yaml", lambda c: c["pretrain"]["greedy"].update(size=8))
     res = snakemake(pretrain_run, "-n", "--configfile", name)
     assert res.returncode == 0, res.stderr
     counts = job_counts(res.stdout + res.stderr)
@@ -212,11 +166,11 @@ def test_adding_an_m_adds_only_its_jobs_and_a_threshold_change_only_the_tables(
     pretrain_run: Path,
 ) -> None:
     cfg = quick_cfg()
-    name = variant_config(pretrain_run, "m.yaml", lambda c: c["pretrain"]["m"].append(1500))
+    name = variant(pretrain_run, "m.yaml", lambda c: c["pretrain"]["m"].append(1500))
     counts = job_counts(snakemake(pretrain_run, "-n", "--configfile", name).stdout)
     assert counts.get("pretrain_train") == len(cfg["seeds"])
     assert counts.get("pretrain_prune") == len(cfg["seeds"])
-    name = variant_config(
+    name = variant(
         pretrain_run, "tol.yaml", lambda c: c["pretrain"]["threshold"].update(tolerance=0.1)
     )
     counts = job_counts(snakemake(pretrain_run, "-n", "--configfile", name).stdout)
@@ -232,13 +186,13 @@ def test_lint_and_the_retraining_preset_are_unaffected(pretrain_run: Path) -> No
 
 
 def test_invalid_pretrain_config_fails_before_any_job(tmp_path: Path) -> None:
-    copy_project(tmp_path)
+    project_copy(tmp_path)
 
     def edit(c: dict) -> None:
         c["pretrain"]["greedy"]["variants"] = ["with_replacement"]
         c["pretrain"]["threshold"]["variant"] = "without_replacement"
 
-    name = variant_config(tmp_path, "bad.yaml", edit)
+    name = variant(tmp_path, "bad.yaml", edit)
     res = snakemake(tmp_path, "--cores", "1", "--configfile", name)
     assert res.returncode != 0
     assert "pretrain.threshold.variant" in res.stderr

@@ -7,76 +7,27 @@ would run it from a checkout); the rerun tests only dry-run against its finished
 from __future__ import annotations
 
 import math
-import os
-import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from workflow_helpers import REPO, job_counts, project_copy, run_preset, snakemake, variant_config
 
 from prunetime import bounds
 from prunetime.io import read_json
 from prunetime.pruning import PRUNERS
 
-REPO = Path(__file__).resolve().parents[1]
-PROJECT_PARTS = ("Snakefile", "src", "scripts", "workflow", "config", "pyproject.toml")
-
-
-def project_copy(dest: Path) -> Path:
-    """A checkout-like copy of the project (code and config, no data or results)."""
-    for part in PROJECT_PARTS:
-        src = REPO / part
-        if src.is_dir():
-            shutil.copytree(src, dest / part, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dest / part)
-    return dest
-
-
-def snakemake(
-    workdir: Path, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess:
-    """Run Snakemake in ``workdir`` with this interpreter's environment first on PATH."""
-    env = dict(env or os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return subprocess.run(
-        [sys.executable, "-m", "snakemake", *args],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=1800,
-    )
-
-
-def job_counts(output: str) -> dict[str, int]:
-    """Parse Snakemake's 'Job stats' table of a dry run into {rule: count}."""
-    if "Nothing to be done" in output:
-        return {}
-    table = output.split("Job stats:", 1)[1]
-    return {
-        m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M) if m[1] != "total"
-    }
+QUICK = "config/quick.yaml"
 
 
 @pytest.fixture(scope="session")
 def quick_run(tmp_path_factory: pytest.TempPathFactory, mnist_mirror: Path) -> Path:
-    workdir = project_copy(tmp_path_factory.mktemp("quick"))
-    env = {**os.environ, "PRUNETIME_DATA_MIRROR": str(mnist_mirror)}
-    res = snakemake(workdir, "--cores", "2", "--configfile", "config/quick.yaml", env=env)
-    assert res.returncode == 0, res.stderr[-5000:]
-    return workdir
+    return run_preset(project_copy(tmp_path_factory.mktemp("quick")), QUICK, mnist_mirror)
 
 
 def write_config(workdir: Path, name: str, edit) -> str:
-    cfg = yaml.safe_load((REPO / "config" / "quick.yaml").read_text())
-    edit(cfg)
-    (workdir / name).write_text(yaml.safe_dump(cfg))
-    return name
+    return variant_config(workdir, QUICK, name, edit)
 
 
 def test_quick_run_produces_tables_and_figures(quick_run: Path) -> None:

@@ -21,7 +21,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
-from test_workflow import project_copy  # noqa: E402
+from workflow_helpers import project_copy  # noqa: E402
 
 STUDY = "faults"
 CONFIG = {
