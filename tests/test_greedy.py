@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import pytest
@@ -290,3 +291,29 @@ def test_layerwise_greedy_rejects_conv_nets(split_factory) -> None:
         GreedyForwardNodePruning().masks(
             net, weight_names(net), 0.5, torch.Generator(), split_factory(8, 0).x
         )
+
+
+def test_greedy_node_is_a_registered_fully_connected_only_method() -> None:
+    from prunetime.config import ConfigError, validate_config
+    from prunetime.models import build_model
+    from prunetime.pruning import build_pruner
+    from prunetime.study import job_combos, job_config, method_options
+
+    pruner = build_pruner("greedy_node", with_replacement=True)
+    assert pruner.level == "node" and pruner.opts["with_replacement"] is True
+    assert pruner.applies_to(build_model("lenet300100"))
+    assert not pruner.applies_to(build_model("lenet5"))
+    base = {
+        "architectures": {"mlp": {"model": "lenet300100"}, "cnn": {"model": "lenet5"}},
+        "pruning": {"methods": ["random", "greedy_node"]},
+    }
+    cfg = validate_config(copy.deepcopy(base))
+    assert job_combos(cfg) == [("mlp", "random"), ("mlp", "greedy_node"), ("cnn", "random")]
+    assert method_options(cfg, "greedy_node") == {"with_replacement": False}
+    assert job_config(cfg, "mlp", "prune", "greedy_node")["pruning"]["greedy_node"] == {
+        "with_replacement": False
+    }
+    only_conv = copy.deepcopy(base)
+    del only_conv["architectures"]["mlp"]
+    with pytest.raises(ConfigError, match="pruning.methods.*greedy_node.*fully connected"):
+        validate_config(only_conv)

@@ -416,7 +416,12 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 @pytest.mark.parametrize(
     ("method", "trials", "estimator"),
-    [("clustered", 1, "pl"), ("random_node", 3, "pl"), ("random", 3, "secant")],
+    [
+        ("clustered", 1, "pl"),
+        ("greedy_node", 1, "pl"),
+        ("random_node", 3, "pl"),
+        ("random", 3, "secant"),
+    ],
 )
 def test_prune_and_retrain_jobs(tiny_study, method, trials, estimator):
     from prunetime.io import load_torch, read_json
@@ -425,6 +430,7 @@ def test_prune_and_retrain_jobs(tiny_study, method, trials, estimator):
     root, cfg = tiny_study["root"], tiny_study["cfg"]
     pcfg = job_config(cfg, "mlp", "prune", method)["pruning"]
     assert ("trials" in pcfg) == (trials > 1) and ("clustered" in pcfg) == (method == "clustered")
+    assert ("greedy_node" in pcfg) == (method == "greedy_node")
     assert ("with_replacement" in pcfg) == (method == "random") and pcfg["data"]["size"] == 40
     rows = run_prune(
         cfg, "mlp", 0, method, 0.5, root / "data.pt", root / "d.pt", root / f"{method}.pt",
@@ -441,7 +447,8 @@ def test_prune_and_retrain_jobs(tiny_study, method, trials, estimator):
             assert r["units_removed"] == 0.5 and r["units_removed[fc1]"] == 150
             assert r["n_params_remaining"] == (784 * h1 + h1) + (h1 * h2 + h2) + (h2 * 10 + 10)
     stored = load_torch(root / f"{method}.pt")["trials"]
-    assert len(stored) == trials and ("state" in stored[0]) == (method == "clustered")
+    folds = method in ("clustered", "greedy_node")  # methods that change the kept weights
+    assert len(stored) == trials and ("state" in stored[0]) == folds
     # W_init and W* are recomputed from the checkpoint: the same losses as dense training
     dense = read_json(root / "m.json")
     mu1_pl = dense["g_init"] / (2 * abs(dense["loss_init"] - dense["loss_star"]))

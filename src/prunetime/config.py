@@ -92,6 +92,19 @@ def _check_consistency(config: dict[str, Any]) -> None:
             "config key 'pruning.with_replacement': true only applies to method 'random', "
             f"which is not in pruning.methods={pruning.get('methods')}; set it to false"
         )
+    if "greedy_node" in pruning.get("methods", []) and config["architectures"]:
+        from prunetime.models import build_model
+        from prunetime.pruning import PRUNERS
+
+        cls = PRUNERS["greedy_node"]
+        if not any(
+            cls.applies_to(build_model(a["model"])) for a in config["architectures"].values()
+        ):
+            raise ConfigError(
+                "config key 'pruning.methods': 'greedy_node' prunes fully connected "
+                "architectures only, and every architecture in 'architectures' "
+                f"({sorted(config['architectures'])}) has conv layers"
+            )
     if config["eval"]["size"] > config["data"]["n_val"]:
         raise ConfigError(
             f"config key 'eval.size': {config['eval']['size']} exceeds data.n_val="

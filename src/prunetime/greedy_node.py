@@ -10,11 +10,10 @@ already pruned below (so errors of earlier layers are compensated). The kept uni
 columns are rescaled by multiplicity * U / k, which makes the consumer compute exactly the
 selected average; the removed units' rows, biases and outgoing columns are zero.
 
-The class implements the :class:`prunetime.pruning.PruningMethod` interface but does not
-register itself (pruning.py owns the registry): registering it means adding, at the end of
-pruning.py, ``from prunetime.greedy_node import GreedyForwardNodePruning`` and
-``register_pruner(REGISTER_AS)(GreedyForwardNodePruning)``, plus ``greedy_node`` among the
-allowed ``pruning.methods`` of the config schema.
+The class implements the :class:`prunetime.pruning.PruningMethod` interface; pruning.py
+registers it as ``greedy_node`` (options from ``pruning.greedy_node`` of the config). It
+applies to fully connected architectures only (``conv = False``): the workflow runs it on
+those and skips conv architectures.
 """
 
 from __future__ import annotations
@@ -27,8 +26,6 @@ from torch import nn
 
 from prunetime.greedy import greedy_select
 from prunetime.pruning import PruningMethod
-
-REGISTER_AS = "greedy_node"
 
 
 def _linear_chain(model: nn.Module) -> list[tuple[str, nn.Linear]]:
@@ -62,6 +59,7 @@ class GreedyForwardNodePruning(PruningMethod):
     stochastic = False
     changes_weights = True
     needs_data = True
+    conv = False
     options: dict[str, Any] = {"with_replacement": False}
 
     def masks(self, model, layers, amount, generator, data=None):  # noqa: D102

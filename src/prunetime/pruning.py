@@ -50,7 +50,9 @@ class PruningMethod(ABC):
     """The one pruning interface.
 
     ``level`` is 'connection' (single weights) or 'node' (whole units/filters);
-    ``stochastic`` says whether trials differ in what gets pruned: a deterministic method
+    ``conv`` says whether it handles conv layers (a method without it applies to fully
+    connected architectures only, see :meth:`applies_to`); ``stochastic`` says whether
+    trials differ in what gets pruned: a deterministic method
     runs one trial per (architecture, seed, amount) whatever ``pruning.trials`` says, since
     more would be copies (see :meth:`n_trials`); ``needs_data`` says whether it reads the
     pruning data.
@@ -61,6 +63,7 @@ class PruningMethod(ABC):
     stochastic: ClassVar[bool] = False
     changes_weights: ClassVar[bool] = False
     needs_data: ClassVar[bool] = False
+    conv: ClassVar[bool] = True
     options: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, **options: Any) -> None:
@@ -71,6 +74,11 @@ class PruningMethod(ABC):
                 f"allowed: {sorted(self.options)}"
             )
         self.opts = {**self.options, **options}
+
+    @classmethod
+    def applies_to(cls, model: nn.Module) -> bool:
+        """Whether the method can prune ``model`` (``conv = False``: fully connected only)."""
+        return cls.conv or not any(isinstance(m, nn.Conv2d) for m in model.modules())
 
     @classmethod
     def n_trials(cls, requested: int) -> int:
@@ -580,3 +588,9 @@ def unpack_masks(packed: dict[str, Any]) -> dict[str, torch.Tensor]:
         bits = np.unpackbits(rec["bits"].numpy(), count=n).astype(bool)
         out[name] = torch.from_numpy(bits).view(shape)
     return out
+
+
+# Registered here, after the interface it implements, so the registry stays in this module.
+from prunetime.greedy_node import GreedyForwardNodePruning  # noqa: E402
+
+register_pruner("greedy_node")(GreedyForwardNodePruning)

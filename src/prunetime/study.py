@@ -19,6 +19,7 @@ import torch
 
 from prunetime import bounds, curvature, netdev
 from prunetime.data import Split, eval_indices, load_prepared
+from prunetime.ensemble import TrialResult, TrialSpec, retrain_trials
 from prunetime.io import load_torch, read_json, save_torch, write_csv, write_json
 from prunetime.journal import TrialJournal
 from prunetime.models import build_model, init_weights, weight_names
@@ -33,12 +34,7 @@ from prunetime.pruning import (
     selected_unit_layers,
     unpack_masks,
 )
-from prunetime.training import (
-    evaluate,
-    resolve_device,
-    retrain_to_convergence,
-    train_dense,
-)
+from prunetime.training import ProgressLog, evaluate, resolve_device, train_dense
 
 log = logging.getLogger("prunetime")
 
@@ -52,7 +48,7 @@ def job_config(
     changing eps reruns retraining but not dense training or pruning. With ``method`` the
     pruning slice holds only what that method reads: a deterministic method ignores
     ``trials`` (it runs one), only ``random`` reads ``with_replacement`` and only
-    ``clustered`` its options.
+    ``clustered`` and ``greedy_node`` their options.
     """
     arch = config["architectures"][arch_name]
     out: dict[str, Any] = {
@@ -74,8 +70,9 @@ def job_config(
             keys.append("trials")
         if method in (None, "random"):
             keys.append("with_replacement")
-        if method in (None, "clustered"):
-            keys.append("clustered")
+        for name in ("clustered", "greedy_node"):
+            if method in (None, name):
+                keys.append(name)
         out["pruning"] = {k: pcfg[k] for k in sorted(keys)}
         out["netdev"] = config["netdev"]
     elif stage == "retrain":
@@ -146,9 +143,25 @@ def method_options(config: dict[str, Any], method_name: str) -> dict[str, Any]:
     """The options a method takes from the config (``pruning.with_replacement``, ...)."""
     if method_name == "random":
         return {"with_replacement": config["pruning"]["with_replacement"]}
-    if method_name == "clustered":
-        return dict(config["pruning"]["clustered"])
+    if method_name in ("clustered", "greedy_node"):
+        return dict(config["pruning"][method_name])
     return {}
+
+
+def method_applies(config: dict[str, Any], arch_name: str, method_name: str) -> bool:
+    """Whether ``method_name`` can prune architecture ``arch_name`` (greedy_node: FC only)."""
+    model = build_model(config["architectures"][arch_name]["model"])
+    return PRUNERS[method_name].applies_to(model)
+
+
+def job_combos(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """The (architecture, method) pairs the study runs: every pair a method applies to."""
+    return [
+        (arch, method)
+        for arch in config["architectures"]
+        for method in config["pruning"]["methods"]
+        if method_applies(config, arch, method)
+    ]
 
 
 def _model_from_state(
@@ -201,6 +214,7 @@ def run_dense(
         resume=resume,
         checkpoint_every=tr["checkpoint_every"],
         fingerprint=fingerprint(config, arch_name, seed, data_path),
+        progress=ProgressLog(f"train_dense {arch_name} seed {seed}", tr["steps"]),
     )
     wall = time.perf_counter() - t0
     w_star = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -303,6 +317,11 @@ def run_prune(
     w_star = ckpt["w_star"]
     method = build_pruner(method_name, **method_options(config, method_name))
     probe = build_model(arch["model"])
+    if not method.applies_to(probe):
+        raise ValueError(
+            f"pruning method {method_name!r} does not apply to architecture {arch_name!r} "
+            f"(model {arch['model']!r} has conv layers; the method is fully connected only)"
+        )
     layers = resolve_layers(probe, pcfg["layers"])
     names = weight_names(probe)
     hidden = selected_unit_layers(probe, layers) if method.level == "node" else []
@@ -411,69 +430,74 @@ def run_retrain(
     )
     if journal.records:
         log.info("resumed %d finished trial(s) from the journal", len(journal.records))
-    rows: list[dict[str, Any]] = []
-    curves: list[dict[str, Any]] = []
-    for trial, rec in enumerate(pruned["trials"]):
-        if trial in journal:
-            rows.append(journal[trial]["row"])
-            curves.extend(journal[trial]["curve"])
-            continue
+    todo = [t for t in range(len(pruned["trials"])) if t not in journal]
+    specs = []
+    for trial in todo:
+        rec = pruned["trials"][trial]
         masks = {k: v.to(device) for k, v in unpack_masks(rec["masks"]).items()}
-        model = _model_from_state(arch, rec.get("state", ckpt["w_star"]), device)
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, m in masks.items():
-                params[name].mul_(m)
+        state = rec.get("state", ckpt["w_star"])
+        start = {
+            k: v.to(device) * masks[k] if k in masks else v.to(device) for k, v in state.items()
+        }
         gen = torch.Generator(device=device).manual_seed(
             derive_seed(seed, arch_name, method_name, fmt_amount(amount), trial, "retrain")
         )
-        t0 = time.perf_counter()
-        res = retrain_to_convergence(
-            model,
-            train,
-            evalset,
-            target_loss=target,
-            eps=rt["eps"],
-            optimizer=rt["optimizer"],
-            lr=rt["lr"],
-            batch_size=rt["batch_size"],
-            max_iters=rt["max_iters"],
-            generator=gen,
-            masks=masks if masked else None,
-            momentum=rt["momentum"],
-            divergence_factor=rt["divergence_factor"],
-        )
-        wall = time.perf_counter() - t0
+        specs.append(TrialSpec(start, masks if masked else None, gen))
+    template = _model_from_state(arch, ckpt["w_star"], device)
+    n_train = len(train)
+    t0 = time.perf_counter()
+
+    def finished(index: int, res: TrialResult) -> None:
+        """Evaluate and journal a trial as soon as it stops (a killed job keeps it)."""
+        trial = todo[index]
+        model = _model_from_state(arch, res.state, device)
         val_loss, val_acc = evaluate(model, val)
         test_loss, test_acc = evaluate(model, test)
-        rows.append(
-            {
-                "arch": arch_name,
-                "seed": seed,
-                "method": method_name,
-                "amount": amount,
-                "trial": trial,
-                "iterations": res.iterations,
-                "epochs": res.iterations * rt["batch_size"] / len(train),
-                "status": res.status,
-                "final_eval_loss": res.final_eval_loss,
-                "val_acc": val_acc,
-                "test_acc": test_acc,
-                "test_loss": test_loss,
-                "eps": rt["eps"],
-                "eta": rt["lr"],
-                "max_iters": rt["max_iters"],
-                "batch_size": rt["batch_size"],
-                "n_train": len(train),
-                "masked": masked,
-                "wall_s": wall,
-            }
-        )
-        curve = [
-            {"trial": trial, "step": t, "eval_loss": loss} for t, loss in enumerate(res.eval_losses)
-        ]
-        curves.extend(curve)
-        journal.add(trial, {"row": rows[-1], "curve": curve})
+        row = {
+            "arch": arch_name,
+            "seed": seed,
+            "method": method_name,
+            "amount": amount,
+            "trial": trial,
+            "iterations": res.iterations,
+            "epochs": res.iterations * rt["batch_size"] / n_train,
+            "status": res.status,
+            "final_eval_loss": res.final_eval_loss,
+            "val_acc": val_acc,
+            "test_acc": test_acc,
+            "test_loss": test_loss,
+            "eps": rt["eps"],
+            "eta": rt["lr"],
+            "max_iters": rt["max_iters"],
+            "batch_size": rt["batch_size"],
+            "n_train": n_train,
+            "masked": masked,
+            "wall_s": time.perf_counter() - t0,  # since the ensemble started
+        }
+        curve = [{"trial": trial, "step": t, "eval_loss": loss} for t, loss in res.eval_losses]
+        journal.add(trial, {"row": row, "curve": curve})
+
+    progress = ProgressLog(f"retrain {arch_name} {method_name} s={fmt_amount(amount)}", len(todo))
+    retrain_trials(
+        template,
+        specs,
+        train,
+        evalset,
+        target_loss=target,
+        eps=rt["eps"],
+        optimizer=rt["optimizer"],
+        lr=rt["lr"],
+        batch_size=rt["batch_size"],
+        max_iters=rt["max_iters"],
+        momentum=rt["momentum"],
+        divergence_factor=rt["divergence_factor"],
+        check_every=config["retrain"]["check_every"],
+        batched=config["retrain"]["ensemble"],
+        progress=progress,
+        on_result=finished,
+    )
+    rows = [journal[t]["row"] for t in range(len(pruned["trials"]))]
+    curves = [c for t in range(len(pruned["trials"])) for c in journal[t]["curve"]]
     write_csv(out_curves, curves)
     write_csv(out_table, rows)
     journal.discard()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,37 @@ def resolve_device(device: str) -> str:
     if device not in ("cpu", "cuda"):
         raise ValueError(f"config key device={device!r}; allowed: 'auto', 'cpu', 'cuda'")
     return device
+
+
+class ProgressLog:
+    """Throttled progress lines for a rule's log: at most one every ``every_s`` seconds.
+
+    Long jobs (dense training, a retraining ensemble) call it at every step or check; a
+    user follows a run with ``tail -f results/<study>/logs/<rule>/...log``.
+    """
+
+    def __init__(
+        self, label: str, total: int, every_s: float = 10.0, logger: logging.Logger | None = None
+    ) -> None:
+        self.label, self.total, self.every_s = label, total, every_s
+        self.log = logger or logging.getLogger("prunetime")
+        self.start = time.monotonic()
+        self.last = -math.inf
+
+    def __call__(self, info: dict[str, Any] | int, total: int | None = None) -> None:
+        """``info``: a dict of fields (ensemble) or the current step of ``total`` (dense)."""
+        now = time.monotonic()
+        if now - self.last < self.every_s:
+            return
+        self.last = now
+        if isinstance(info, dict):
+            fields = ", ".join(f"{k} {v}" for k, v in info.items())
+            elapsed = now - self.start
+            self.log.info("%s: %s of %d trials [%.0f s]", self.label, fields, self.total, elapsed)
+        else:
+            self.log.info(
+                "%s: step %d/%d [%.0f s]", self.label, info, total or self.total, now - self.start
+            )
 
 
 def make_optimizer(
@@ -232,29 +264,39 @@ def retrain_to_convergence(
     masks: dict[str, torch.Tensor] | None = None,
     momentum: float = 0.0,
     divergence_factor: float = 100.0,
+    check_every: int = 1,
 ) -> RetrainResult:
-    """Retrain with a fresh optimizer until |L(W_t) - L(W*)| <= eps, checking after every step.
+    """Retrain ``model`` in place until |L(W_t) - L(W*)| <= eps (one trial of
+    :func:`prunetime.ensemble.retrain_trials`, which holds the loop and its statuses).
 
     Status is 'diverged' (with ``iterations`` = the step it happened at) when the loss
     becomes non-finite or exceeds ``divergence_factor`` times the loss right after pruning
     (cross-entropy of exploding logits stays finite, so non-finiteness alone misses blow-ups);
-    'capped' when ``max_iters`` steps did not reach the criterion.
+    'capped' when ``max_iters`` steps did not reach the criterion. With ``check_every=1``
+    ``eval_losses[t]`` is the loss after t steps.
     """
-    params = dict(model.named_parameters())
-    opt = make_optimizer(optimizer, list(params.values()), lr, momentum)
-    stream = BatchStream(len(train), batch_size, generator)
-    loss, _ = evaluate(model, evalset)
-    losses = [loss]
-    limit = divergence_factor * max(loss, target_loss)
-    if abs(loss - target_loss) <= eps:
-        return RetrainResult(0, "converged", loss, losses)
-    for t in range(1, max_iters + 1):
-        idx = next(stream)
-        train_step(model, opt, train.x[idx], train.y[idx], masks, params)
-        loss, _ = evaluate(model, evalset)
-        losses.append(loss)
-        if not math.isfinite(loss) or loss > limit:
-            return RetrainResult(t, "diverged", loss, losses)
-        if abs(loss - target_loss) <= eps:
-            return RetrainResult(t, "converged", loss, losses)
-    return RetrainResult(max_iters, "capped", loss, losses)
+    from prunetime.ensemble import TrialSpec, retrain_trials
+
+    state = {k: v.detach().clone() for k, v in model.named_parameters()}
+    (res,) = retrain_trials(
+        model,
+        [TrialSpec(state, masks, generator)],
+        train,
+        evalset,
+        target_loss=target_loss,
+        eps=eps,
+        optimizer=optimizer,
+        lr=lr,
+        batch_size=batch_size,
+        max_iters=max_iters,
+        momentum=momentum,
+        divergence_factor=divergence_factor,
+        check_every=check_every,
+        batched=False,
+    )
+    with torch.no_grad():
+        for k, p in model.named_parameters():
+            p.copy_(res.state[k])
+    return RetrainResult(
+        res.iterations, res.status, res.final_eval_loss, [loss for _, loss in res.eval_losses]
+    )

@@ -7,7 +7,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from prunetime.config import ConfigError, validate_config
-from prunetime.study import fmt_amount, job_config
+from prunetime.study import fmt_amount, job_combos, job_config
 
 # A --configfile replaces config/config.yaml instead of being merged into it, so a preset
 # that drops an architecture or method really drops it. --config overrides still apply.
@@ -47,6 +47,13 @@ def params_json(stage):
     return lambda wc: json.dumps(job_config(config, wc.arch, stage), sort_keys=True)
 
 
+COMBOS = job_combos(config)  # (arch, method) pairs: a fully-connected-only method skips convs
+
+
 def job_files(pattern):
-    """Every (arch, seed, method, amount) instance of an output pattern."""
-    return expand(pattern, arch=ARCHS, seed=SEEDS, method=METHODS, amount=AMOUNTS)
+    """Every (arch, seed, method, amount) instance of an output pattern the study runs."""
+    return [
+        path
+        for arch, method in COMBOS
+        for path in expand(pattern, arch=arch, seed=SEEDS, method=method, amount=AMOUNTS)
+    ]

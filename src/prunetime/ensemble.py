@@ -1,0 +1,429 @@
+"""Retraining many pruned trials at once: one stacked ensemble instead of a loop of trainings.
+
+The trials of a retraining job share the architecture and differ in their pruned weights,
+masks and minibatch orders. On a small CPU their cost is per-step overhead, not FLOPs, so
+they are trained together: every parameter is stacked along a leading trial axis, the
+forward pass is ``torch.func.vmap`` over ``functional_call`` (batched matmuls / grouped
+convs), and the optimizer is an elementwise update of the stacked tensors. Each trial keeps
+its own mask, minibatch stream and stopping step; a trial that stops leaves the ensemble.
+
+The optimizers are written out here (Adam and SGD as ``torch.optim`` defines them) rather
+than taken from ``torch.optim``: they act on stacked tensors whose trials can be dropped, and
+the first ``torch.optim`` step imports torch's compiler stack (seconds of start-up per job).
+
+Convergence is checked every ``check_every`` steps on the evaluation set. When a check finds
+a trial within eps (or diverged), or its loss crossed the eps band since the previous check,
+the steps since that check are replayed from a snapshot with a check after every step, so
+the reported iteration count is the first step meeting the criterion: exact, unless the loss
+entered the band and left it on the side it came from between two checks. With
+``check_every=1`` every step is checked, the authors' protocol on our evaluation subset.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, vmap
+
+from prunetime.data import Split
+
+Tensors = dict[str, torch.Tensor]
+
+
+@dataclass
+class TrialSpec:
+    """One trial to retrain: its starting weights, keep-masks (or None) and batch generator."""
+
+    state: Tensors
+    masks: Tensors | None
+    generator: torch.Generator
+
+
+@dataclass
+class TrialResult:
+    """Outcome of one trial; ``iterations`` is the stopping step (0 if already within eps)."""
+
+    iterations: int
+    status: str  # converged | capped | diverged
+    final_eval_loss: float
+    state: Tensors
+    eval_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) checked
+
+
+class StackedOptimizer:
+    """Adam or SGD (torch.optim's update rules and defaults) on trial-stacked tensors."""
+
+    def __init__(
+        self, name: str, params: Tensors, lr: float, momentum: float = 0.0, step: int = 0
+    ) -> None:
+        if name not in ("adam", "sgd"):
+            raise ValueError(f"unknown optimizer {name!r}; allowed: 'adam', 'sgd'")
+        self.name, self.lr, self.momentum, self.t = name, lr, momentum, step
+        self.state: dict[str, Tensors] = {k: {} for k in params}
+
+    def step(self, params: Tensors) -> None:
+        """Update ``params`` in place from their ``.grad`` (one step for every trial)."""
+        self.t += 1
+        with torch.no_grad():
+            if self.name == "adam":
+                b1, b2, eps = 0.9, 0.999, 1e-8
+                bc1, bc2 = 1 - b1**self.t, 1 - b2**self.t
+                for k, p in params.items():
+                    g, st = p.grad, self.state[k]
+                    if not st:
+                        st["m"], st["v"] = torch.zeros_like(p), torch.zeros_like(p)
+                    st["m"].lerp_(g, 1 - b1)
+                    st["v"].mul_(b2).addcmul_(g, g, value=1 - b2)
+                    denom = (st["v"].sqrt() / math.sqrt(bc2)).add_(eps)
+                    p.addcdiv_(st["m"], denom, value=-self.lr / bc1)
+            else:
+                for k, p in params.items():
+                    g, st = p.grad, self.state[k]
+                    if self.momentum:
+                        if "buf" not in st:
+                            st["buf"] = g.detach().clone()
+                        else:
+                            st["buf"].mul_(self.momentum).add_(g)
+                        g = st["buf"]
+                    p.add_(g, alpha=-self.lr)
+
+    def select(self, keep: torch.Tensor) -> StackedOptimizer:
+        """The optimizer of the trials at positions ``keep`` (same step count)."""
+        out = StackedOptimizer(self.name, self.state, self.lr, self.momentum, self.t)
+        out.state = {k: {n: v[keep].clone() for n, v in st.items()} for k, st in self.state.items()}
+        return out
+
+
+def _activation_elems(template: nn.Module, sample: torch.Tensor) -> int:
+    """Activation elements one sample produces through the network's leaf modules."""
+    total = 0
+
+    def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
+        nonlocal total
+        total += out[0].numel()
+
+    leaves = [m for m in template.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        with torch.no_grad():
+            template(sample[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return max(total, 1)
+
+
+class _Ensemble:
+    """The trials being trained together: stacked weights, masks, streams and optimizer."""
+
+    def __init__(
+        self,
+        template: nn.Module,
+        params: Tensors,
+        masks: Tensors | None,
+        streams: list[Any],
+        opt: StackedOptimizer,
+        ids: list[int],
+        batched: bool,
+    ) -> None:
+        self.template, self.masks, self.streams, self.opt = template, masks, streams, opt
+        self.ids, self.batched = ids, batched
+        self.params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+
+    def _forward(self, params: Tensors, x: torch.Tensor, shared_x: bool) -> torch.Tensor:
+        if not self.batched:  # one trial: a plain functional call on its weights
+            return functional_call(self.template, {k: v[0] for k, v in params.items()}, (x,))[None]
+        fn = vmap(
+            lambda p, xb: functional_call(self.template, p, (xb,)),
+            in_dims=(0, None if shared_x else 0),
+        )
+        return fn(params, x)
+
+    def train_step(self, train: Split) -> None:
+        idx = torch.stack([next(s) for s in self.streams])  # (trials, batch)
+        x, y = train.x[idx], train.y[idx]
+        if not self.batched:
+            x = x[0]
+        logits = self._forward(self.params, x, shared_x=False)
+        per_trial = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(y)
+        per_trial.mean(1).sum().backward()
+        if self.masks:
+            for k, m in self.masks.items():
+                self.params[k].grad.mul_(m)
+        self.opt.step(self.params)
+        with torch.no_grad():
+            if self.masks:
+                for k, m in self.masks.items():
+                    self.params[k].mul_(m)
+        for p in self.params.values():
+            p.grad = None
+
+    @torch.no_grad()
+    def eval_losses(self, evalset: Split, chunk: int) -> torch.Tensor:
+        """Mean cross-entropy of every trial on ``evalset`` (chunked to bound memory)."""
+        total = torch.zeros(len(self.ids), dtype=torch.float64, device=evalset.x.device)
+        for start in range(0, len(evalset), chunk):
+            x, y = evalset.x[start : start + chunk], evalset.y[start : start + chunk]
+            logits = self._forward(self.params, x, shared_x=True)
+            total += (
+                F.cross_entropy(logits.flatten(0, 1), y.repeat(len(self.ids)), reduction="none")
+                .view(len(self.ids), -1)
+                .sum(1)
+                .double()
+            )
+        return total / len(evalset)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "params": {k: v.detach().clone() for k, v in self.params.items()},
+            "opt": self.opt.select(torch.arange(len(self.ids))),
+            "streams": [
+                {"rng": s.generator.get_state(), "perm": s.perm, "pos": s.pos} for s in self.streams
+            ],
+        }
+
+    def select(self, positions: list[int]) -> _Ensemble:
+        """The sub-ensemble of the trials at ``positions``."""
+        keep = torch.tensor(positions, dtype=torch.long, device=self._device())
+        return _Ensemble(
+            self.template,
+            {k: v.detach()[keep].clone() for k, v in self.params.items()},
+            {k: m[keep] for k, m in self.masks.items()} if self.masks else None,
+            [self.streams[i] for i in positions],
+            self.opt.select(keep),
+            [self.ids[i] for i in positions],
+            self.batched,
+        )
+
+    def _device(self) -> torch.device:
+        return next(iter(self.params.values())).device
+
+    def state_of(self, pos: int) -> Tensors:
+        return {k: v.detach()[pos].clone() for k, v in self.params.items()}
+
+
+def _restore(ens: _Ensemble, snap: dict[str, Any], positions: list[int]) -> _Ensemble:
+    """The trials at ``positions`` as they were at the snapshot (weights, optimizer, streams).
+
+    The streams are copies, so replaying a window leaves the ensemble's own streams where
+    they are (a trial whose replay finds nothing goes on from the current step).
+    """
+    from prunetime.training import BatchStream
+
+    keep = torch.tensor(positions, dtype=torch.long, device=ens._device())
+    streams = []
+    for i in positions:
+        st, old = snap["streams"][i], ens.streams[i]
+        gen = torch.Generator(device=old.generator.device)
+        gen.set_state(st["rng"])
+        stream = BatchStream(old.n, old.batch_size, gen)
+        stream.perm, stream.pos = st["perm"], st["pos"]
+        streams.append(stream)
+    return _Ensemble(
+        ens.template,
+        {k: v[keep].clone() for k, v in snap["params"].items()},
+        {k: m[keep] for k, m in ens.masks.items()} if ens.masks else None,
+        streams,
+        snap["opt"].select(keep),
+        [ens.ids[i] for i in positions],
+        ens.batched,
+    )
+
+
+def retrain_trials(
+    template: nn.Module,
+    trials: list[TrialSpec],
+    train: Split,
+    evalset: Split,
+    *,
+    target_loss: float,
+    eps: float,
+    optimizer: str,
+    lr: float,
+    batch_size: int,
+    max_iters: int,
+    momentum: float = 0.0,
+    divergence_factor: float = 100.0,
+    check_every: int = 1,
+    batched: bool = True,
+    group_bytes: int = 512 * 2**20,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    on_result: Callable[[int, TrialResult], None] | None = None,
+) -> list[TrialResult]:
+    """Retrain every trial until |L(W_t) - L(W*)| <= eps on ``evalset`` (or the cap).
+
+    Status is 'diverged' (at the check that saw it) when a trial's loss becomes non-finite
+    or exceeds ``divergence_factor`` times its loss right after pruning; 'capped' when
+    ``max_iters`` steps did not reach the criterion. ``batched=False`` trains the trials one
+    after another with the same update rules (the reference the ensemble is checked against).
+    Trials are batched in groups whose activations and optimizer state fit ``group_bytes``.
+    ``on_result(index, result)`` is called as soon as a trial finishes (to journal it).
+    """
+    from prunetime.training import BatchStream
+
+    if check_every < 1:
+        raise ValueError(f"check_every={check_every} must be >= 1")
+    if not trials:
+        return []
+    device = train.x.device
+    act = _activation_elems(template, evalset.x)
+    n_params = sum(v.numel() for v in trials[0].state.values())
+    per_trial = 4 * (8 * n_params + 4 * batch_size * act)
+    size = max(1, min(len(trials), group_bytes // per_trial)) if batched else 1
+    chunk = max(1, min(len(evalset), group_bytes // (4 * act * size)))
+    results: list[TrialResult | None] = [None] * len(trials)
+    for start in range(0, len(trials), size):
+        group = list(range(start, min(start + size, len(trials))))
+        specs = [trials[i] for i in group]
+        names = list(specs[0].state)
+        params = {k: torch.stack([s.state[k].to(device) for s in specs]) for k in names}
+        masks = None
+        if specs[0].masks is not None:
+            masks = {
+                k: torch.stack([s.masks[k].to(device) for s in specs])  # type: ignore[index]
+                for k in specs[0].masks
+            }
+            with torch.no_grad():
+                for k, m in masks.items():
+                    params[k].mul_(m)
+        streams = [BatchStream(len(train), batch_size, s.generator) for s in specs]
+        ens = _Ensemble(
+            template,
+            params,
+            masks,
+            streams,
+            StackedOptimizer(optimizer, params, lr, momentum),
+            group,
+            batched and len(group) > 1,
+        )
+        loop = _Loop(
+            train, evalset, target_loss, eps, divergence_factor, chunk, progress, on_result
+        )
+        for tid, res in loop.run(ens, 0, max_iters, check_every, initial=True).items():
+            results[tid] = res
+    return [r for r in results if r is not None]
+
+
+class _Loop:
+    """The check/step/replay loop over one ensemble (shared by the replay of a window)."""
+
+    def __init__(
+        self,
+        train: Split,
+        evalset: Split,
+        target: float,
+        eps: float,
+        divergence_factor: float,
+        chunk: int,
+        progress: Callable[[dict[str, Any]], None] | None,
+        on_result: Callable[[int, TrialResult], None] | None,
+    ) -> None:
+        self.train, self.evalset, self.target, self.eps = train, evalset, target, eps
+        self.factor, self.chunk = divergence_factor, chunk
+        self.progress, self.on_result = progress, on_result
+        self.limits: dict[int, float] = {}
+        self.curves: dict[int, list[tuple[int, float]]] = {}
+        self.done = 0
+
+    def _event(self, tid: int, loss: float) -> str | None:
+        if not math.isfinite(loss) or loss > self.limits[tid]:
+            return "diverged"
+        if abs(loss - self.target) <= self.eps:
+            return "converged"
+        return None
+
+    def run(
+        self, ens: _Ensemble, t0: int, t_end: int, every: int, initial: bool = False
+    ) -> dict[int, TrialResult]:
+        """Train ``ens`` from step ``t0`` to at most ``t_end``; results by trial id.
+
+        ``initial``: the first call (checks the pruned weights, caps whoever is left at the
+        end); a replay of a window reports only the trials whose event it finds.
+        """
+        out: dict[int, TrialResult] = {}
+        if initial:
+            losses = ens.eval_losses(self.evalset, self.chunk).tolist()
+            keep = []
+            for pos, (tid, loss) in enumerate(zip(ens.ids, losses, strict=True)):
+                self.limits[tid] = self.factor * max(loss, self.target)
+                self.curves[tid] = [(0, loss)]
+                if abs(loss - self.target) <= self.eps:
+                    out[tid] = TrialResult(0, "converged", loss, ens.state_of(pos), [(0, loss)])
+                    self._report(out, [tid])
+                else:
+                    keep.append(pos)
+            if len(keep) < len(ens.ids):
+                if not keep:
+                    return out
+                ens = ens.select(keep)
+        snap, t_snap = ens.snapshot(), t0
+        t = t0
+        while ens.ids and t < t_end:
+            t += 1
+            ens.train_step(self.train)
+            if t % every and t != t_end:
+                continue
+            losses = ens.eval_losses(self.evalset, self.chunk).tolist()
+            events = {
+                pos: self._event(tid, loss)
+                for pos, (tid, loss) in enumerate(zip(ens.ids, losses, strict=True))
+            }
+            found = [pos for pos, ev in events.items() if ev is not None]
+            # A loss that went from above the eps band to below it (or back) since the last
+            # check passed through the band in between: replay that window too.
+            crossed = [
+                pos
+                for pos, (tid, loss) in enumerate(zip(ens.ids, losses, strict=True))
+                if events[pos] is None
+                and self._side(loss) * self._side(self.curves[tid][-1][1]) < 0
+            ]
+            if (found or crossed) and every > 1 and t - t_snap > 1:
+                # Replay the window (t_snap, t) with a check after every step.
+                sub = _restore(ens, snap, sorted(found + crossed))
+                out.update(self.run(sub, t_snap, t - 1, 1))
+            found = [pos for pos in range(len(ens.ids)) if events[pos] or ens.ids[pos] in out]
+            for pos in found:
+                tid = ens.ids[pos]
+                if tid not in out:
+                    self.curves[tid].append((t, losses[pos]))
+                    out[tid] = TrialResult(
+                        t, str(events[pos]), losses[pos], ens.state_of(pos), self.curves[tid]
+                    )
+            for pos, tid in enumerate(ens.ids):
+                if pos not in found:
+                    self.curves[tid].append((t, losses[pos]))
+            if initial:
+                self.done += len(found)
+                self._report(out, [ens.ids[pos] for pos in found])
+            if found:
+                rest = [pos for pos in range(len(ens.ids)) if pos not in found]
+                if not rest:
+                    break
+                ens = ens.select(rest)
+            snap, t_snap = ens.snapshot(), t
+            if self.progress is not None and initial:
+                self.progress({"step": t, "active": len(ens.ids), "done": self.done})
+        if initial:
+            for pos, tid in enumerate(ens.ids):
+                if tid not in out:
+                    loss = self.curves[tid][-1][1]
+                    out[tid] = TrialResult(t, "capped", loss, ens.state_of(pos), self.curves[tid])
+                    self._report(out, [tid])
+        return out
+
+    def _side(self, loss: float) -> int:
+        """+1 above the eps band around the target, -1 below it, 0 inside."""
+        if loss > self.target + self.eps:
+            return 1
+        return -1 if loss < self.target - self.eps else 0
+
+    def _report(self, out: dict[int, TrialResult], tids: list[int]) -> None:
+        if self.on_result is not None:
+            for tid in tids:
+                self.on_result(tid, out[tid])

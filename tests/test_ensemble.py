@@ -1,0 +1,175 @@
+"""The batched retraining ensemble against trial-by-trial training and torch.optim."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from prunetime.data import Split
+from prunetime.ensemble import StackedOptimizer, TrialSpec, retrain_trials
+from prunetime.models import build_model
+
+TOL = 1e-5  # batched vs one-by-one: the same arithmetic up to float reassociation
+
+
+@pytest.fixture(scope="module")
+def task() -> dict:
+    """Random images with labels from a fixed random teacher (learnable, fast)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1200, 1, 28, 28, generator=g)
+    teacher = torch.randn(784, 10, generator=g)
+    y = (x.flatten(1) @ teacher).argmax(1)
+    return {"train": Split(x[:1000], y[:1000]), "eval": Split(x[1000:], y[1000:])}
+
+
+def trials(model: torch.nn.Module, n: int, keep: float = 0.5) -> list[TrialSpec]:
+    state = {k: v.detach().clone() for k, v in model.named_parameters()}
+    out = []
+    for i in range(n):
+        mg = torch.Generator().manual_seed(10 + i)
+        masks = {
+            k: torch.rand(v.shape, generator=mg) < keep for k, v in state.items() if "weight" in k
+        }
+        out.append(TrialSpec({k: v.clone() for k, v in state.items()}, masks, _gen(i)))
+    return out
+
+
+def _gen(i: int) -> torch.Generator:
+    return torch.Generator().manual_seed(100 + i)
+
+
+def eval_loss(model: torch.nn.Module, split: Split) -> float:
+    with torch.no_grad():
+        return float(F.cross_entropy(model(split.x), split.y))
+
+
+def run(model, specs, task, **kw):
+    opts = dict(target_loss=0.0, eps=1e-9, optimizer="adam", lr=0.003, batch_size=32)
+    opts.update(kw)
+    return retrain_trials(model, specs, task["train"], task["eval"], **opts)
+
+
+@pytest.mark.parametrize("arch", ["lenet300100", "lenet5"])
+def test_ensemble_equals_trials_one_by_one(task, arch) -> None:
+    torch.manual_seed(1)
+    model = build_model(arch)
+    start = eval_loss(model, task["eval"])
+    kw = dict(target_loss=start - 0.3, eps=0.05, max_iters=40)
+    seq = run(model, trials(model, 4), task, batched=False, **kw)
+    bat = run(model, trials(model, 4), task, batched=True, **kw)
+    assert [r.iterations for r in seq] == [r.iterations for r in bat]
+    assert [r.status for r in seq] == [r.status for r in bat]
+    assert len({r.iterations for r in seq}) > 1  # trials stop at their own steps
+    for a, b, spec in zip(seq, bat, trials(model, 4), strict=True):
+        for k in a.state:
+            assert torch.allclose(a.state[k], b.state[k], atol=TOL, rtol=0)
+        for k, m in spec.masks.items():  # every trial keeps its own mask exactly
+            assert (b.state[k][~m] == 0).all() and (b.state[k][m] != 0).any()
+        assert b.final_eval_loss == pytest.approx(a.final_eval_loss, abs=TOL)
+
+
+def test_sparse_checks_with_replay_give_the_step_by_step_counts(task) -> None:
+    torch.manual_seed(2)
+    model = build_model("lenet300100")
+    start = eval_loss(model, task["eval"])
+    kw = dict(target_loss=start - 0.4, eps=0.05, max_iters=60)
+    every1 = run(model, trials(model, 5), task, check_every=1, **kw)
+    every7 = run(model, trials(model, 5), task, check_every=7, **kw)
+    its = [r.iterations for r in every1]
+    assert [r.iterations for r in every7] == its
+    assert any(i % 7 for i in its if 0 < i < 60)  # counts are not multiples of the check step
+    for a, b in zip(every1, every7, strict=True):
+        assert a.status == b.status
+        for k in a.state:
+            assert torch.allclose(a.state[k], b.state[k], atol=TOL, rtol=0)
+        steps = [s for s, _ in b.eval_losses]
+        assert steps == sorted(steps) and steps[-1] == b.iterations
+        if b.iterations >= 14:
+            assert len(steps) < len(a.eval_losses)  # fewer checks than steps
+
+
+def test_reference_loop_checks_every_step_and_counts_exactly(task) -> None:
+    """check_every=1, one trial: the stopping step is the first step meeting the criterion."""
+    torch.manual_seed(3)
+    model = build_model("lenet300100")
+    (full,) = run(model, trials(model, 1), task, check_every=1, max_iters=30, batched=False)
+    assert full.status == "capped" and [s for s, _ in full.eval_losses] == list(range(31))
+    losses = [loss for _, loss in full.eval_losses]
+    target = losses[17] - 1e-4  # first reached at step 17 (the curve is checked below)
+    eps = max(abs(v - target) for v in losses[17:18]) + 1e-6
+    first = next(t for t, v in enumerate(losses) if abs(v - target) <= eps)
+    (res,) = run(
+        model, trials(model, 1), task, target_loss=target, eps=eps, max_iters=30, check_every=4
+    )
+    assert res.status == "converged" and res.iterations == first
+
+
+def test_divergence_is_found_per_trial_at_the_same_step(task) -> None:
+    torch.manual_seed(4)
+    model = build_model("lenet300100")
+    kw = dict(lr=5.0, max_iters=30, divergence_factor=3.0)
+    seq = run(model, trials(model, 3), task, batched=False, check_every=1, **kw)
+    bat = run(model, trials(model, 3), task, batched=True, check_every=5, **kw)
+    assert all(r.status == "diverged" for r in seq)
+    assert [r.iterations for r in bat] == [r.iterations for r in seq]
+    assert all(r.status == "diverged" for r in bat)
+
+
+def test_already_converged_trial_is_not_trained_and_results_arrive_as_trials_stop(task) -> None:
+    torch.manual_seed(5)
+    model = build_model("lenet300100")
+    specs = trials(model, 3, keep=1.0)
+    start = eval_loss(model, task["eval"])
+    seen: list[int] = []
+    res = run(
+        model,
+        specs,
+        task,
+        target_loss=start,
+        eps=1e-4,
+        max_iters=20,
+        on_result=lambda i, r: seen.append(i),
+    )
+    assert all(r.iterations == 0 and r.status == "converged" for r in res)
+    assert sorted(seen) == [0, 1, 2]
+    for r, s in zip(res, specs, strict=True):
+        assert all(torch.equal(r.state[k], s.state[k]) for k in s.state)
+
+
+def test_small_groups_give_the_same_results_as_one_group(task) -> None:
+    torch.manual_seed(6)
+    model = build_model("lenet300100")
+    kw = dict(max_iters=15, check_every=3)
+    one = run(model, trials(model, 5), task, **kw)
+    groups = run(model, trials(model, 5), task, group_bytes=1, **kw)  # one trial per group
+    for a, b in zip(one, groups, strict=True):
+        assert a.iterations == b.iterations
+        for k in a.state:
+            assert torch.allclose(a.state[k], b.state[k], atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize(("name", "momentum"), [("adam", 0.0), ("sgd", 0.0), ("sgd", 0.9)])
+def test_stacked_optimizer_matches_torch_optim(name: str, momentum: float) -> None:
+    g = torch.Generator().manual_seed(7)
+    p_ref = torch.randn(3, 5, generator=g, requires_grad=True)
+    ref = (
+        torch.optim.Adam([p_ref], lr=0.01)
+        if name == "adam"
+        else torch.optim.SGD([p_ref], lr=0.01, momentum=momentum)
+    )
+    stacked = {"w": p_ref.detach().clone()[None].requires_grad_(True)}
+    opt = StackedOptimizer(name, stacked, 0.01, momentum)
+    for _ in range(5):
+        grad = torch.randn(3, 5, generator=g)
+        p_ref.grad = grad.clone()
+        ref.step()
+        stacked["w"].grad = grad[None].clone()
+        opt.step(stacked)
+    assert torch.allclose(stacked["w"][0], p_ref.detach(), atol=1e-7, rtol=0)
+
+
+def test_bad_check_interval_is_rejected(task) -> None:
+    model = build_model("lenet300100")
+    with pytest.raises(ValueError, match="check_every"):
+        run(model, trials(model, 1), task, check_every=0, max_iters=3)
