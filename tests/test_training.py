@@ -89,14 +89,29 @@ def test_evaluate_matches_cross_entropy_and_accuracy(small_split):
     assert model.training  # evaluate leaves the model in training mode
 
 
-def test_make_optimizer():
-    params = list(_tiny().parameters())
-    adam = training.make_optimizer("adam", params, 0.01)
-    assert isinstance(adam, torch.optim.Adam) and adam.param_groups[0]["lr"] == 0.01
-    sgd = training.make_optimizer("sgd", params, 0.1, momentum=0.9)
-    assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["momentum"] == 0.9
+@pytest.mark.parametrize(("name", "momentum"), [("adam", 0.0), ("sgd", 0.9)])
+def test_make_optimizer_follows_torch_optim(name: str, momentum: float) -> None:
+    torch.manual_seed(0)
+    ours, ref = _tiny(), _tiny()
+    ref.load_state_dict(ours.state_dict())
+    opt = training.make_optimizer(name, list(ours.parameters()), 0.01, momentum)
+    ref_opt = (
+        torch.optim.Adam(ref.parameters(), lr=0.01)
+        if name == "adam"
+        else torch.optim.SGD(ref.parameters(), lr=0.01, momentum=momentum)
+    )
+    x = torch.randn(8, 1, 28, 28)
+    for _ in range(4):
+        for model, o in ((ours, opt), (ref, ref_opt)):
+            o.zero_grad()
+            model(x).square().mean().backward()
+            o.step()
+    for a, b in zip(ours.parameters(), ref.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-7, rtol=0)
+    saved = opt.state_dict()
+    assert saved["t"] == 4
     with pytest.raises(ValueError, match="rmsprop"):
-        training.make_optimizer("rmsprop", params, 0.1)
+        training.make_optimizer("rmsprop", list(ours.parameters()), 0.1)
 
 
 @pytest.mark.parametrize(("optimizer", "lr", "momentum"), [("adam", 0.01, 0.0), ("sgd", 0.5, 0.9)])

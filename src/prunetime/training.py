@@ -64,14 +64,40 @@ class ProgressLog:
             )
 
 
+class Optimizer:
+    """Adam or SGD over a list of parameters with torch.optim's interface and update rules.
+
+    It is :class:`prunetime.ensemble.StackedOptimizer` (elementwise, so any shapes) behind
+    ``zero_grad``/``step``/``state_dict``: the first ``torch.optim`` step imports torch's
+    compiler stack, seconds of start-up in every training job.
+    """
+
+    def __init__(self, name: str, params: list[nn.Parameter], lr: float, momentum: float) -> None:
+        from prunetime.ensemble import StackedOptimizer
+
+        self.params = {str(i): p for i, p in enumerate(params)}
+        self.impl = StackedOptimizer(name, self.params, lr, momentum)
+        self.name, self.lr, self.momentum = name, lr, momentum
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params.values():
+            p.grad = None
+
+    def step(self) -> None:
+        self.impl.step(self.params)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"t": self.impl.t, "state": self.impl.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.impl.t, self.impl.state = state["t"], state["state"]
+
+
 def make_optimizer(
     name: str, params: Iterator[nn.Parameter] | list[nn.Parameter], lr: float, momentum: float = 0.0
-) -> torch.optim.Optimizer:
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum)
-    raise ValueError(f"unknown optimizer {name!r}; allowed: 'adam', 'sgd'")
+) -> Optimizer:
+    """The optimizer of a training run (``adam`` or ``sgd``, torch.optim's defaults)."""
+    return Optimizer(name, list(params), lr, momentum)
 
 
 class BatchStream:
@@ -234,8 +260,8 @@ def _load_resume(path: Path | None, fingerprint: str) -> dict[str, Any] | None:
     if path is None or not Path(path).is_file():
         return None
     state = load_torch(path)
-    if state.get("fingerprint") != fingerprint:
-        return None
+    if state.get("fingerprint") != fingerprint or "t" not in state.get("opt", {}):
+        return None  # another job's state, or one saved by an older optimizer format
     return state
 
 
