@@ -5,7 +5,7 @@ CORES ?= all
 
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup quick paper test lint report clean
+.PHONY: setup quick paper test lint report bench clean
 
 # Pinned, known-good versions (requirements.lock). torch comes from the package registry
 # (its regular build imports torchvision on CPU and uses a GPU when one is present).
@@ -25,6 +25,13 @@ paper: setup  ## the paper preset (config/config.yaml)
 
 test: setup  ## unit tests and the end-to-end quick run on real MNIST
 	$(VENV)/bin/python -m pytest -q
+
+bench: setup  ## the performance benchmarks (ratios measured side by side; see benchmarks/README.md)
+	$(PY) benchmarks/bench_training.py
+	$(PY) benchmarks/bench_retrain.py
+	$(PY) benchmarks/bench_workflow.py startup
+	$(PY) benchmarks/bench_workflow.py dryrun --configfile config/quick.yaml
+	$(PY) benchmarks/bench_greedy.py
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,174 @@
+"""Retraining to convergence: convergence-check cost, the ensemble, and the authors' protocol.
+
+Run: python benchmarks/bench_retrain.py [--arch lenet300100] [--trials 8] [--mirror DIR]
+
+On real MNIST (prepared from the offline mirror) a LeNet-300-100 (or ``--arch lenet5``) is
+trained densely as in the paper preset, pruned at random (``--trials`` masks), and retrained
+to |L - L*| <= eps by ``prunetime.ensemble.retrain_trials``, side by side in this process:
+1. share of retraining wall time spent in convergence checks at the default settings (a
+   check after every step on the evaluation subset, trials one by one), and with
+   ``retrain.check_every`` = 4 (window replay), whose counts are compared with the exact ones;
+2. the ensemble (all trials stacked, one vmap step) against the same trials one by one,
+   with the per-trial iteration counts compared (they must be identical) and the largest
+   weight difference (float reassociation only);
+3. the default protocol against the authors' (the full 10k-image test set's loss after
+   every step), on the first ``--authors-trials`` trials.
+Absolute times depend on the machine and its load; the ratios are what to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from prunetime import ensemble  # noqa: E402
+from prunetime.data import eval_indices, load_prepared, prepare_dataset  # noqa: E402
+from prunetime.ensemble import TrialSpec, retrain_trials  # noqa: E402
+from prunetime.models import build_model, init_weights, weight_names  # noqa: E402
+from prunetime.pruning import build_pruner  # noqa: E402
+from prunetime.training import evaluate, train_dense  # noqa: E402
+
+
+class CheckTimer:
+    """Accumulates the wall time spent in the ensemble's evaluation-set checks."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.orig = ensemble._Ensemble.eval_losses
+
+    def __enter__(self) -> CheckTimer:
+        orig = self.orig
+
+        def timed(ens, evalset, chunk):
+            t0 = time.perf_counter()
+            try:
+                return orig(ens, evalset, chunk)
+            finally:
+                self.seconds += time.perf_counter() - t0
+
+        ensemble._Ensemble.eval_losses = timed  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        ensemble._Ensemble.eval_losses = self.orig  # type: ignore[method-assign]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", default="lenet300100", choices=["lenet300100", "lenet5"])
+    p.add_argument("--trials", type=int, default=8)
+    p.add_argument("--authors-trials", type=int, default=2)
+    p.add_argument("--amount", type=float, default=0.5)
+    p.add_argument("--dense-steps", type=int, default=1000)
+    p.add_argument("--eps", type=float, default=0.01)
+    p.add_argument("--max-iters", type=int, default=1000)
+    p.add_argument("--eval-size", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--mirror",
+        type=Path,
+        default=Path(os.environ.get("PRUNETIME_DATA_MIRROR", ROOT.parent / "shared/data/mnist")),
+    )
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "mnist.pt"
+        prepare_dataset("mnist", Path(tmp) / "raw", prepared, 5000, 0, mirror=a.mirror)
+        data = load_prepared(prepared)
+    evalset = data.val.subset(eval_indices(len(data.val), a.eval_size, 0))
+    model = build_model(a.arch)
+    std = 0.1 if a.arch == "lenet300100" else 1.0  # the paper preset's initialisations
+    init_weights(model, "normal", std, torch.Generator().manual_seed(0))
+    train_dense(
+        model,
+        data.train,
+        evalset,
+        optimizer="adam",
+        lr=0.01,
+        batch_size=128,
+        steps=a.dense_steps,
+        generator=torch.Generator().manual_seed(1),
+        log_every=a.dense_steps,
+    )
+    target, _ = evaluate(model, evalset)
+    w_star = {k: v.detach().clone() for k, v in model.named_parameters()}
+    pruner = build_pruner("random")
+    layers = weight_names(model)
+
+    def specs(n: int) -> list[TrialSpec]:
+        out = []
+        for i in range(n):
+            masks = pruner.masks(model, layers, a.amount, torch.Generator().manual_seed(i))
+            state = {k: v * masks[k] if k in masks else v.clone() for k, v in w_star.items()}
+            out.append(TrialSpec(state, masks, torch.Generator().manual_seed(1000 + i)))
+        return out
+
+    kw = dict(
+        target_loss=target, eps=a.eps, optimizer="adam", lr=0.01, batch_size=128,
+        max_iters=a.max_iters,
+    )  # fmt: skip
+
+    def run(n: int, ev=evalset, **opts):
+        with CheckTimer() as timer:
+            t0 = time.perf_counter()
+            res = retrain_trials(model, specs(n), data.train, ev, **kw, **opts)
+            wall = time.perf_counter() - t0
+        return res, wall, timer.seconds
+
+    print(
+        f"{a.arch}, random pruning s={a.amount}, {a.trials} trials, eps={a.eps}, "
+        f"eval {a.eval_size} images, {a.threads} thread(s)"
+    )
+    # Interleaved: the machine's load drifts, so the compared runs alternate.
+    default, t_def, c_def = run(a.trials, check_every=1, batched=False)
+    ens, t_ens, _ = run(a.trials, check_every=1, batched=True)
+    sparse, t_sp, c_sp = run(a.trials, check_every=4, batched=False)
+    default2, t_def2, c_def2 = run(a.trials, check_every=1, batched=False)
+    ens2, t_ens2, _ = run(a.trials, check_every=1, batched=True)
+    t_def, t_ens = min(t_def, t_def2), min(t_ens, t_ens2)
+    its = [r.iterations for r in default]
+    print(
+        f"iterations: mean {sum(its) / len(its):.1f}, min {min(its)}, max {max(its)}; "
+        f"statuses {sorted({r.status for r in default})}"
+    )
+    print("\n1. share of retraining time in convergence checks")
+    print(f"   default (check after every step)      {c_def2 / t_def2:6.1%}")
+    print(f"   check_every=4 with window replay      {c_sp / t_sp:6.1%}")
+    differ = [(x, y.iterations) for x, y in zip(its, sparse, strict=True) if x != y.iterations]
+    print(f"   check_every=4 counts that differ from every-step checking: {differ or 'none'}")
+
+    diff = max(
+        float((x.state[k] - y.state[k]).abs().max())
+        for x, y in zip(default, ens, strict=True)
+        for k in x.state
+    )
+    same = its == [r.iterations for r in ens] == [r.iterations for r in ens2]
+    print("\n2. trials as one batched ensemble vs one by one (same protocol)")
+    print(f"   one by one {t_def:7.2f} s   ensemble {t_ens:7.2f} s   speedup {t_def / t_ens:5.2f}x")
+    print(f"   iteration counts identical: {same}; largest weight difference {diff:.2e}")
+
+    n = min(a.authors_trials, a.trials)
+    authors, t_auth, _ = run(n, ev=data.test, check_every=1, batched=False)
+    ours, t_ours, _ = run(n, check_every=1, batched=False)
+    print("\n3. default protocol vs the authors' (10k test images after every step)")
+    print(
+        f"   same {n} trial(s): authors {t_auth:7.2f} s   ours {t_ours:7.2f} s   "
+        f"speedup {t_auth / t_ours:5.1f}x"
+    )
+    print(
+        f"   iterations authors {[r.iterations for r in authors]} ours "
+        f"{[r.iterations for r in ours]} (the test set vs the validation subset)"
+    )
+
+
+if __name__ == "__main__":
+    main()
