@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from workflow_helpers import QUICK, project_copy, run_preset
 
 from prunetime.data import Split
 
@@ -35,6 +36,13 @@ def mnist_mirror() -> Path:
             pytrace=False,
         )
     return path
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory: pytest.TempPathFactory, mnist_mirror: Path) -> Path:
+    """The quick preset run once per session locally in a project copy (the workflow tests
+    dry-run against it; the Slurm test compares its own run's results with it)."""
+    return run_preset(project_copy(tmp_path_factory.mktemp("quick")), QUICK, mnist_mirror)
 
 
 @pytest.fixture(scope="session")

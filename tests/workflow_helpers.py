@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+QUICK = "config/quick.yaml"
 PROJECT_PARTS = ("Snakefile", "src", "scripts", "workflow", "config", "pyproject.toml")
 
 

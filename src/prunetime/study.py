@@ -94,10 +94,22 @@ def fmt_amount(amount: float) -> str:
 
 
 def setup_torch(device: str = "auto", threads: int = 1) -> str:
-    """Pin torch's thread count to the job's share of cores and pick the device."""
+    """Pin torch's thread count to the job's share of cores, keep GPU arithmetic in full
+    float32, and pick the device."""
     torch.set_num_threads(threads)
     _deterministic_algorithms()
+    full_fp32()
     return resolve_device(device)
+
+
+def full_fp32() -> None:
+    """No reduced precision on a GPU: cuDNN runs float32 convolutions in TF32 (10-bit
+    mantissa) by default on Ampere and later GPUs, which would blur the losses compared with
+    eps and the squared weight distances the bounds are built from. Nothing here uses
+    autocast either, so every job computes in IEEE float32 on any device."""
+    torch.backends.cudnn.conv.fp32_precision = "ieee"
+    torch.backends.cudnn.rnn.fp32_precision = "ieee"
+    torch.backends.cuda.matmul.fp32_precision = "ieee"
 
 
 def _deterministic_algorithms() -> None:

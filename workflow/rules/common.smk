@@ -33,6 +33,9 @@ METHODS = config["pruning"]["methods"]
 AMOUNTS = [fmt_amount(a) for a in config["pruning"]["amounts"]]
 THREADS = config["threads"]
 DEVICE = config["device"]
+# GPUs each torch job asks the scheduler for: one when the config demands CUDA. With
+# `auto` a job uses a GPU only where it happens to get one (and asks for none).
+GPUS = 1 if DEVICE == "cuda" else 0
 
 
 wildcard_constraints:

@@ -13,6 +13,8 @@ rule train_dense:
     benchmark:
         f"{BENCH}/train_dense/{{arch}}_seed{{seed}}.tsv"
     threads: THREADS
+    resources:
+        gpu=GPUS,
     conda:
         "../envs/prunetime.yaml"
     shell:

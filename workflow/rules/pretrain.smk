@@ -36,6 +36,8 @@ rule pretrain_train:
     benchmark:
         f"{PRE_BENCH}/train/m{{m}}_seed{{seed}}.tsv"
     threads: THREADS
+    resources:
+        gpu=GPUS,
     conda:
         "../envs/prunetime.yaml"
     shell:
@@ -60,6 +62,8 @@ rule pretrain_prune:
     benchmark:
         f"{PRE_BENCH}/prune/m{{m}}_seed{{seed}}.tsv"
     threads: THREADS
+    resources:
+        gpu=GPUS,
     conda:
         "../envs/prunetime.yaml"
     shell:

@@ -14,6 +14,8 @@ rule jacobians:
     benchmark:
         f"{BENCH}/jacobians/{{arch}}_seed{{seed}}.tsv"
     threads: THREADS
+    resources:
+        gpu=GPUS,
     conda:
         "../envs/prunetime.yaml"
     shell:
@@ -42,6 +44,8 @@ rule prune:
     benchmark:
         f"{BENCH}/prune/{{arch}}_seed{{seed}}_{{method}}_s{{amount}}.tsv"
     threads: THREADS
+    resources:
+        gpu=GPUS,
     conda:
         "../envs/prunetime.yaml"
     shell:
@@ -69,6 +73,8 @@ rule retrain:
     benchmark:
         f"{BENCH}/retrain/{{arch}}_seed{{seed}}_{{method}}_s{{amount}}.tsv"
     threads: THREADS
+    resources:
+        gpu=GPUS,
     conda:
         "../envs/prunetime.yaml"
     shell:
