@@ -10,20 +10,14 @@ import math
 from pathlib import Path
 
 import pandas as pd
-import pytest
 import yaml
-from workflow_helpers import REPO, job_counts, project_copy, run_preset, snakemake, variant_config
+from workflow_helpers import REPO, job_counts, project_copy, snakemake, variant_config
 
 from prunetime import bounds
 from prunetime.io import read_json
 from prunetime.pruning import PRUNERS
 
 QUICK = "config/quick.yaml"
-
-
-@pytest.fixture(scope="session")
-def quick_run(tmp_path_factory: pytest.TempPathFactory, mnist_mirror: Path) -> Path:
-    return run_preset(project_copy(tmp_path_factory.mktemp("quick")), QUICK, mnist_mirror)
 
 
 def write_config(workdir: Path, name: str, edit) -> str:
