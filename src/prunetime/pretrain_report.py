@@ -176,7 +176,7 @@ def plot_threshold(
 ) -> Figure:
     """T*(m) (primary definition, before fine-tuning) with the log, power and linear fits."""
     variants = [v for v in VARIANT_LABEL if v in set(th["variant"])]
-    fig = _new_figure(5.6 * len(variants) + 0.4, 6.0)
+    fig = _new_figure(5.6 * len(variants) + 0.4, 6.6)
     axes = fig.subplots(1, len(variants), squeeze=False, sharey=True)[0]
     rng = np.random.default_rng(0)
     for ax, variant in zip(axes, variants, strict=True):
@@ -224,7 +224,7 @@ def plot_threshold(
         ax.set_xlabel("training-set size m (images, log scale)")
         ax.set_ylabel("T* (pre-training iterations)")
         ax.set_title(VARIANT_LABEL[variant])
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1)
+        ax.legend(fontsize=10, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1)
     fig.suptitle(f"Threshold T*(m), definition '{primary['definition']}', before fine-tuning")
     return fig
 
