@@ -191,7 +191,7 @@ def test_quick_run_report_and_summary_page_render(quick_run: Path, tmp_path: Pat
     assert "Research questions" in seen["text"] and "Headline answers" in seen["text"]
     assert f"dense test accuracy, lenet300100: {acc:.4f}" in seen["text"]
     assert "A. Retraining bounds" in seen["text"]
-    assert_not_blank(screenshot(report, tmp_path, "quick-snakemake-report", 1400))
+    assert_not_blank(screenshot(report, tmp_path, "quick-snakemake-report"))
 
 
 def test_pretrain_run_report_and_summary_page_render(pretrain_run: Path, tmp_path: Path) -> None:
@@ -212,7 +212,7 @@ def test_pretrain_run_report_and_summary_page_render(pretrain_run: Path, tmp_pat
     assert "C. How much pre-training is enough" in seen["text"]
     assert f"law with the lowest AIC: {best}" in seen["text"]
     assert "A. Retraining" not in seen["text"]  # no retraining study in this config
-    assert_not_blank(screenshot(report, tmp_path, "pretrain-snakemake-report", 1400))
+    assert_not_blank(screenshot(report, tmp_path, "pretrain-snakemake-report"))
 
 
 def test_chromium_reports_a_broken_figure(tmp_path: Path) -> None:
