@@ -490,7 +490,9 @@ SECTION_BLOCKS = {
 }
 
 
-def collect(res: Path, studies: Mapping[str, Callable[[Path], Section | None]] = STUDIES):
+def collect(
+    res: Path, studies: Mapping[str, Callable[[Path], Section | None]] = STUDIES
+) -> list[Section]:
     """The sections of every study whose results exist under ``res``, in ``studies`` order."""
     return [sec for fn in studies.values() if (sec := fn(Path(res))) is not None]
 
