@@ -25,4 +25,5 @@ rule all:
     input:
         rules.report.output if ARCHS else [],
         PRETRAIN_TARGETS,
+        rules.summary.output,
     default_target: True

@@ -1,4 +1,4 @@
-"""Rule pretrain_report: figures and summary.md of the pre-training threshold study."""
+"""Rule pretrain_report: figures, display tables and summary.md of the threshold study."""
 
 from pathlib import Path
 
@@ -16,6 +16,7 @@ if __name__ == "__main__":
     p.add_argument("--metrics", type=Path, required=True)
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--out-md", type=Path, required=True)
+    p.add_argument("--table-dir", type=Path, default=None)
     a = p.parse_args()
     log = setup_logging()
     written = run_pretrain_report(
@@ -28,6 +29,7 @@ if __name__ == "__main__":
         a.metrics,
         a.out_dir,
         a.out_md,
+        a.table_dir,
     )
     for key, path in written.items():
         log.info("%s: %s", key, path)

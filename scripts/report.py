@@ -1,4 +1,4 @@
-"""Rule report: figures, summary.md and a self-contained summary.html of the study."""
+"""Rule report: figures, display tables, summary.md and summary.html of the bounds study."""
 
 from pathlib import Path
 
@@ -16,10 +16,20 @@ if __name__ == "__main__":
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--out-md", type=Path, required=True)
     p.add_argument("--out-html", type=Path, required=True)
+    p.add_argument("--table-dir", type=Path, default=None)
     a = p.parse_args()
     log = setup_logging()
     written = run_report(
-        a.params, a.runs, a.summary, a.dense, a.metrics, a.curves, a.out_dir, a.out_md, a.out_html
+        a.params,
+        a.runs,
+        a.summary,
+        a.dense,
+        a.metrics,
+        a.curves,
+        a.out_dir,
+        a.out_md,
+        a.out_html,
+        a.table_dir,
     )
     for key, path in written.items():
         log.info("%s: %s", key, path)

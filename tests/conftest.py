@@ -1,4 +1,5 @@
-"""Shared fixtures: the offline MNIST mirror, one prepared MNIST file, small synthetic data."""
+"""Shared fixtures: the offline MNIST mirror, one prepared MNIST file, small synthetic data, and
+the finished quick-preset runs (one per session) that workflow, report and browser tests share."""
 
 from __future__ import annotations
 
@@ -77,3 +78,13 @@ def split_factory():
 def small_split() -> Split:
     """48 MNIST-shaped images with 10 classes (48 = 3 batches of 16)."""
     return make_split(48, seed=0)
+
+
+@pytest.fixture(scope="session")
+def pretrain_run(tmp_path_factory: pytest.TempPathFactory, mnist_mirror: Path) -> Path:
+    """A project copy after `snakemake --configfile config/pretrain_quick.yaml` completed."""
+    return run_preset(
+        project_copy(tmp_path_factory.mktemp("pretrain_quick")),
+        "config/pretrain_quick.yaml",
+        mnist_mirror,
+    )

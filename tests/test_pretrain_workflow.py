@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from workflow_helpers import REPO, job_counts, project_copy, run_preset, snakemake, variant_config
+from workflow_helpers import REPO, job_counts, project_copy, snakemake, variant_config
 
 from prunetime.config import ConfigError, validate_config
 from prunetime.data import load_prepared
@@ -32,11 +32,6 @@ def quick_cfg() -> dict:
 
 def variant(workdir: Path, name: str, edit) -> str:
     return variant_config(workdir, QUICK, name, edit)
-
-
-@pytest.fixture(scope="session")
-def pretrain_run(tmp_path_factory: pytest.TempPathFactory, mnist_mirror: Path) -> Path:
-    return run_preset(project_copy(tmp_path_factory.mktemp("pretrain_quick")), QUICK, mnist_mirror)
 
 
 def results(workdir: Path) -> Path:
@@ -174,7 +169,7 @@ def test_adding_an_m_adds_only_its_jobs_and_a_threshold_change_only_the_tables(
         pretrain_run, "tol.yaml", lambda c: c["pretrain"]["threshold"].update(tolerance=0.1)
     )
     counts = job_counts(snakemake(pretrain_run, "-n", "--configfile", name).stdout)
-    assert counts == {"pretrain_threshold": 1, "pretrain_report": 1, "all": 1}
+    assert counts == {"pretrain_threshold": 1, "pretrain_report": 1, "summary": 1, "all": 1}
 
 
 def test_lint_and_the_retraining_preset_are_unaffected(pretrain_run: Path) -> None:

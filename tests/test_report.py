@@ -6,6 +6,7 @@ import base64
 import json
 import subprocess
 import sys
+from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
 from xml.etree import ElementTree
@@ -16,7 +17,7 @@ import pytest
 from PIL import Image
 
 from prunetime.analysis import add_bounds, add_netdev, headline_metrics, summarize
-from prunetime.report import FIGURES, fmt_gamma, netdev_findings, run_report
+from prunetime.report import FIGURES, TABLES, fmt_gamma, netdev_findings, run_report
 
 ROOT = Path(__file__).resolve().parents[1]
 DENSE_ACC = {"mlp": 0.9537, "cnn": 0.8123}
@@ -113,8 +114,8 @@ def dense_rows() -> list[dict]:
     ]
 
 
-@pytest.fixture()
-def inputs(tmp_path: Path) -> dict:
+def make_inputs(tmp_path: Path) -> dict:
+    """The bounds-job outputs of :func:`synthetic_runs` as files, the report's inputs."""
     runs = synthetic_runs()
     tables = tmp_path / "in"
     tables.mkdir()
@@ -144,10 +145,15 @@ def inputs(tmp_path: Path) -> dict:
     return {**paths, "curves": curves, "runs_df": runs, "out": tmp_path / "out"}
 
 
+@pytest.fixture()
+def inputs(tmp_path: Path) -> dict:
+    return make_inputs(tmp_path)
+
+
 def report(inputs: dict, fmt: str = "png") -> dict[str, Path]:
     out = inputs["out"]
     return run_report(
-        {"report": {"format": fmt, "dpi": 80}, "study": "synthetic"},
+        {"report": {"format": fmt, "dpi": 150}, "study": "synthetic"},
         inputs["runs"],
         inputs["summary"],
         inputs["dense"],
@@ -320,6 +326,48 @@ def test_unknown_format_is_refused(inputs: dict) -> None:
     assert not inputs["out"].exists()
 
 
+def test_dpi_below_legible_is_refused(inputs: dict) -> None:
+    out = inputs["out"]
+    args = (inputs["runs"], inputs["summary"], inputs["dense"], inputs["metrics"])
+    with pytest.raises(ValueError, match="report.dpi"):
+        run_report(
+            {"report": {"format": "png", "dpi": 100}, "study": "synthetic"},
+            *args,
+            inputs["curves"],
+            out / "figures",
+            out / "summary.md",
+            out / "summary.html",
+        )
+    assert not out.exists()
+
+
+def test_display_tables_for_the_snakemake_report(inputs: dict) -> None:
+    out = inputs["out"]
+    written = run_report(
+        {"report": {"format": "svg", "dpi": 150}, "study": "synthetic"},
+        inputs["runs"],
+        inputs["summary"],
+        inputs["dense"],
+        inputs["metrics"],
+        inputs["curves"],
+        out / "figures",
+        out / "summary.md",
+        out / "summary.html",
+        out / "display",
+    )
+    assert sorted(p.name for p in (out / "display").iterdir()) == sorted(
+        f"{stem}.html" for stem, _ in TABLES.values()
+    )
+    for key, (stem, title) in TABLES.items():
+        assert written[f"table_{key}"] == out / "display" / f"{stem}.html"
+        page = written[f"table_{key}"].read_text(encoding="utf-8")
+        assert f"<h2>{escape(title)}</h2>" in page
+        tables = html_tables(page)
+        assert len(tables) == 1 and len(tables[0]) > 0, key
+    per_method = html_tables((out / "display" / "retraining_by_method.html").read_text())[0]
+    assert len(per_method) == 6  # 2 architectures x 3 methods
+
+
 def test_missing_column_is_named(inputs: dict) -> None:
     pd.read_csv(inputs["runs"]).drop(columns=["status"]).to_csv(inputs["runs"], index=False)
     with pytest.raises(ValueError, match="status"):
@@ -336,7 +384,7 @@ def test_unknown_status_is_refused(inputs: dict) -> None:
 
 def test_script_as_the_rule_calls_it(inputs: dict) -> None:
     out = inputs["out"]
-    params = json.dumps({"report": {"format": "png", "dpi": 60}, "study": "synthetic"})
+    params = json.dumps({"report": {"format": "png", "dpi": 150}, "study": "synthetic"})
     cmd = [
         sys.executable, str(ROOT / "scripts" / "report.py"), "--params", params,
         "--runs", str(inputs["runs"]), "--summary", str(inputs["summary"]),

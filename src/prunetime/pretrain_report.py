@@ -1,6 +1,6 @@
 """Figures and summary of the pre-training threshold study (THEORY.md C).
 
-Three figures, drawn with the project's seaborn theme (:func:`prunetime.report.theme`):
+Three figures, drawn with the project's seaborn theme (:mod:`prunetime.style`):
 the pruned subnetwork's training loss against pre-training iterations (one curve per m),
 T*(m) with the three fitted laws, and the normalised threshold T* * eta * lambda0 against m.
 A Markdown summary collects the T*(m) table, the fit statistics and the caveats.
@@ -21,7 +21,17 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 
 from prunetime.io import read_json
-from prunetime.report import _new_figure, render, theme, write_bytes, write_text
+from prunetime.style import (
+    PALETTE,
+    check_format,
+    render,
+    sequential,
+    table_html,
+    theme,
+    write_bytes,
+    write_text,
+)
+from prunetime.style import new_figure as _new_figure
 from prunetime.threshold import DEFINITIONS, LAWS, Fit
 
 FIGURES = {
@@ -40,8 +50,7 @@ X_STEPS = "pre-training iterations t (optimizer steps; symlog axis, 0 = initiali
 
 
 def _m_palette(ms: Sequence[int]) -> dict[int, Any]:
-    colors = sns.color_palette("viridis", len(ms))
-    return {m: colors[i] for i, m in enumerate(sorted(ms))}
+    return sequential(ms)
 
 
 def _steps_axis(ax: Any) -> None:
@@ -167,7 +176,7 @@ def plot_threshold(
 ) -> Figure:
     """T*(m) (primary definition, before fine-tuning) with the log, power and linear fits."""
     variants = [v for v in VARIANT_LABEL if v in set(th["variant"])]
-    fig = _new_figure(5.6 * len(variants) + 0.4, 6.0)
+    fig = _new_figure(5.6 * len(variants) + 0.4, 6.6)
     axes = fig.subplots(1, len(variants), squeeze=False, sharey=True)[0]
     rng = np.random.default_rng(0)
     for ax, variant in zip(axes, variants, strict=True):
@@ -215,7 +224,7 @@ def plot_threshold(
         ax.set_xlabel("training-set size m (images, log scale)")
         ax.set_ylabel("T* (pre-training iterations)")
         ax.set_title(VARIANT_LABEL[variant])
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1)
+        ax.legend(fontsize=10, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1)
     fig.suptitle(f"Threshold T*(m), definition '{primary['definition']}', before fine-tuning")
     return fig
 
@@ -226,7 +235,7 @@ def plot_normalised(th: pd.DataFrame, summary: pd.DataFrame) -> Figure:
     fig = _new_figure(5.0 * len(variants) + 1.8, 4.4)
     axes = fig.subplots(1, len(variants), squeeze=False, sharey=True)[0]
     defs = [d for d in DEFINITIONS if d in set(summary["definition"])]
-    pal = dict(zip(defs, sns.color_palette("colorblind", len(defs)), strict=True))
+    pal = {d: PALETTE[i % len(PALETTE)] for i, d in enumerate(defs)}
     for ax, variant in zip(axes, variants, strict=True):
         s = summary[(summary["variant"] == variant) & (summary["stage"] == "pruned")]
         for d in defs:
@@ -268,17 +277,23 @@ def _f(v: Any, spec: str = ".4g") -> str:
     return "–" if not math.isfinite(x) else format(x, spec)
 
 
-def summary_markdown(
-    study: str,
+# Display tables written for the Snakemake report: key -> (file stem, title).
+TABLES = {
+    "setup": ("pretrain_setup", "Pre-training threshold study: settings"),
+    "tstar": ("threshold_by_m", "T*(m), primary definition, before fine-tuning"),
+    "sensitivity": ("threshold_definitions", "Mean T*(m) under every threshold definition"),
+    "dense": ("pretrain_dense", "Dense network at the last checkpoint (mean over seeds)"),
+    "fits": ("threshold_fits", "Fits of T*(m): log, power and linear laws"),
+}
+
+
+def summary_tables(
     summary: pd.DataFrame,
-    fits_md: str,
+    fits: pd.DataFrame,
     metrics: Mapping[str, Any],
     curves: pd.DataFrame,
-    th: pd.DataFrame,
-    figures: Mapping[str, Path],
-    md_dir: Path,
-) -> str:
-    """summary.md: setup, T*(m) per definition, fit statistics, caveats and the figures."""
+) -> dict[str, pd.DataFrame]:
+    """The study's tables, formatted for reading (TABLES names them)."""
     primary = metrics["primary"]
     d = curves[curves["variant"] == "dense"]
     last = d[d["step"] == d["step"].max()]
@@ -319,9 +334,25 @@ def summary_markdown(
     sens = pr.pivot_table(index="m", columns="definition", values="t_star_mean")
     sens = sens.map(lambda v: _f(v, ".1f")).reset_index()
     sens["m"] = sens["m"].astype(int)
+    sens.columns.name = None
     dense = last.groupby("m")[["train_loss", "train_acc", "test_acc"]].mean()
     dense = dense.map(lambda v: _f(v, ".4g")).reset_index()
     dense["m"] = dense["m"].astype(int)
+    f = fits[(fits["stage"] == "pruned") & (fits["definition"] == primary["definition"])]
+    fit_cols = {
+        "variant": "variant", "law": "law", "a": "a", "b": "b", "b_ci_lo": "b CI low",
+        "b_ci_hi": "b CI high", "r2": "R²", "aic": "AIC", "delta_aic": "ΔAIC", "best": "best",
+    }  # fmt: skip
+    fit_table = pd.DataFrame({v: f[k] for k, v in fit_cols.items() if k in f})
+    for col in fit_table.columns:
+        if col not in ("variant", "law", "best"):
+            fit_table[col] = fit_table[col].map(lambda v: _f(v, ".4g"))
+    return {"setup": setup, "tstar": tstar, "sensitivity": sens, "dense": dense, "fits": fit_table}
+
+
+def summary_notes(metrics: Mapping[str, Any], curves: pd.DataFrame, th: pd.DataFrame) -> list[str]:
+    """Caveats found in the data: capped or duplicate m, curves without a plateau, one seed."""
+    primary = metrics["primary"]
     notes = []
     if metrics.get("capped_m"):
         notes.append(
@@ -340,20 +371,43 @@ def summary_markdown(
         )
     if int(curves["seed"].nunique()) < 2:
         notes.append("One seed only: no confidence intervals.")
+    return notes
+
+
+def verdict(metrics: Mapping[str, Any]) -> str:
+    """One sentence on the best law and how clearly the data prefer it."""
     best = metrics.get("best_law")
     fits = metrics.get("fits", {})
+    if best not in fits:
+        return "no law could be fitted"
     others = [
         f["delta_aic"]
         for law, f in fits.items()
         if law != best and f["delta_aic"] == f["delta_aic"]
     ]
-    verdict = ""
-    if best in fits:
-        gap = min(others) if others else math.nan
-        verdict = (
-            f" (R² {_f(fits[best]['r2'], '.3f')}; the next law is {_f(gap, '.2f')} AIC units "
-            "behind" + ("; below 2, the data do not distinguish the laws)" if gap < 2 else ")")
-        )
+    gap = min(others) if others else math.nan
+    return (
+        f"the law with the lowest AIC is {best} (R² {_f(fits[best]['r2'], '.3f')}; the next law "
+        f"is {_f(gap, '.2f')} AIC units behind"
+        + ("; below 2, the data do not distinguish the laws)" if gap < 2 else ")")
+    )
+
+
+def summary_markdown(
+    study: str,
+    summary: pd.DataFrame,
+    fits_md: str,
+    metrics: Mapping[str, Any],
+    curves: pd.DataFrame,
+    th: pd.DataFrame,
+    figures: Mapping[str, Path],
+    md_dir: Path,
+    fits: pd.DataFrame | None = None,
+) -> str:
+    """summary.md: setup, T*(m) per definition, fit statistics, caveats and the figures."""
+    primary = metrics["primary"]
+    tables = summary_tables(summary, fits if fits is not None else pd.DataFrame(), metrics, curves)
+    notes = summary_notes(metrics, curves, th)
     parts = [
         f"# Pre-training threshold study ({study})",
         "",
@@ -362,23 +416,23 @@ def summary_markdown(
         "that threshold T* grow with the training-set size m? (THEORY.md C: T* ~ log m.)",
         "",
         f"**Result:** with the primary definition (`{primary['definition']}`, variant "
-        f"`{primary['variant']}`), the law with the lowest AIC is **{best}**{verdict}.",
+        f"`{primary['variant']}`), {verdict(metrics)}.",
         "",
         "## Setup",
         "",
-        _md(setup),
+        _md(tables["setup"]),
         "",
         "## T*(m), primary definition, before fine-tuning",
         "",
-        _md(tstar),
+        _md(tables["tstar"]),
         "",
         f"## Sensitivity: mean T*(m) under every definition ({primary['variant']})",
         "",
-        _md(sens),
+        _md(tables["sensitivity"]),
         "",
         "## Dense network at the last checkpoint (mean over seeds)",
         "",
-        _md(dense),
+        _md(tables["dense"]),
         "",
         fits_md.replace("# Fits", "## Fits", 1).replace("\n## All", "\n### All"),
     ]
@@ -401,10 +455,11 @@ def run_pretrain_report(
     metrics_path: Path,
     out_dir: Path,
     out_md: Path,
+    table_dir: Path | None = None,
 ) -> dict[str, Path]:
-    """The report job: four figures in ``out_dir`` and summary.md."""
-    fmt = str(params["report"]["format"])
-    dpi = int(params["report"]["dpi"])
+    """The report job: four figures in ``out_dir``, summary.md, and with ``table_dir`` the
+    tables as standalone HTML pages (``TABLES``) for the Snakemake report."""
+    fmt, dpi = check_format(params["report"]["format"], params["report"]["dpi"])
     curves = pd.read_csv(curves_path)
     th = pd.read_csv(thresholds_path)
     summary = pd.read_csv(summary_path)
@@ -431,7 +486,15 @@ def run_pretrain_report(
         th,
         written,
         Path(out_md).parent,
+        fits,
     )
     write_text(Path(out_md), text)
     written["md"] = Path(out_md)
+    if table_dir is not None:
+        tables = summary_tables(summary, fits, metrics, curves)
+        for key, (name, title) in TABLES.items():
+            path = Path(table_dir) / f"{name}.html"
+            markup = tables[key].to_html(index=False, border=0, escape=True, na_rep="–")
+            write_text(path, table_html(title, markup))
+            written[f"table_{key}"] = path
     return written

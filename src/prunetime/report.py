@@ -9,7 +9,6 @@ Figures are rendered once in memory, written atomically and embedded in a self-c
 from __future__ import annotations
 
 import base64
-import io
 import logging
 import math
 import os
@@ -21,21 +20,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import seaborn as sns
-from cycler import cycler
 from jinja2 import Environment, select_autoescape
 from markupsafe import Markup
 from matplotlib import rc_context
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from prunetime.io import atomic_path, read_json
+from prunetime import style
+from prunetime.io import read_json
 
 log = logging.getLogger("prunetime")
 
-FORMATS = ("png", "svg")
+FORMATS = style.FORMATS
 FIGURES = {
     "iterations": "iterations_vs_sparsity",
     "accuracy": "accuracy_vs_sparsity",
@@ -57,55 +55,35 @@ SUMMARY_COLUMNS = [
     "lower_fit_mean", "upper_mean", "gamma_fit",
 ]  # fmt: skip
 STATUSES = ("converged", "capped", "diverged")
+# Display tables written for the Snakemake report: key -> (file stem, title).
+TABLES = {
+    "dense": ("dense_networks", "Dense networks: accuracies and L(W*)"),
+    "retrain": ("retraining_by_method", "Retraining per architecture and method"),
+    "summary": ("retraining_by_amount", "Retraining per pruning amount"),
+    "setup": ("setup", "Settings behind the numbers"),
+    "netdev": ("net_deviation", "Net Deviation per architecture, method and amount"),
+    "curvature": ("curvature_epochs", "Curvature estimates and the epoch lower bound"),
+}
 CURVE_COLUMNS = ["arch", "seed", "step", "eval_loss", "eval_acc"]
 
-# One palette for everything; red and grey are reserved for diverged runs and for bounds.
-_PAL = sns.color_palette("colorblind", 10)
-DIVERGED_COLOR = _PAL[3]
-BOUND_COLOR = _PAL[7]
-_METHOD_ORDER = (0, 2, 4, 9, 5, 6, 8)  # blue, green, ...: far from the red of diverged runs
-_ARCH_ORDER = (4, 5, 1, 9, 6, 8)
+# One palette for everything (prunetime.style); red and grey are reserved for diverged runs
+# and for bounds.
+_PAL = style.PALETTE
+DIVERGED_COLOR = style.DIVERGED_COLOR
+BOUND_COLOR = style.BOUND_COLOR
+_METHOD_ORDER = style.METHOD_ORDER
+_ARCH_ORDER = style.ARCH_ORDER
 SYMLOG_LINTHRESH = 1.0  # iterations below 1 (i.e. 0) sit in the linear part of the axis
 X_LABEL = "real sparsity (fraction of weights removed)"
 AMOUNT_LABEL = "pruning amount s (connection: share of weights; node: share of units/filters)"
 ACC_LABEL = "accuracy (fraction correct)"
 
-
-def theme() -> dict[str, Any]:
-    """The one seaborn theme of all figures, as rc settings applied locally (no global state)."""
-    rc: dict[str, Any] = {**sns.axes_style("whitegrid"), **sns.plotting_context("notebook")}
-    rc["axes.prop_cycle"] = cycler(color=_PAL)
-    rc["svg.hashsalt"] = "prunetime"  # reproducible SVG ids
-    rc["legend.frameon"] = False
-    return rc
-
-
-def _colors(keys: Sequence[str], order: Sequence[int]) -> dict[str, Any]:
-    """Colour per key, assigned in sorted order so a method keeps its colour in every figure."""
-    return {k: _PAL[order[i % len(order)]] for i, k in enumerate(sorted(keys))}
-
-
-def _new_figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)  # the Agg backend, without touching pyplot's global state
-    return fig
-
-
-def render(fig: Figure, fmt: str, dpi: int) -> bytes:
-    """The figure's bytes in ``fmt``; the format is explicit so no file name is consulted."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format=fmt, dpi=dpi)
-    return buf.getvalue()
-
-
-def write_bytes(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+theme = style.theme
+render = style.render
+write_bytes = style.write_bytes
+write_text = style.write_text
+_new_figure = style.new_figure
+_colors = style.colors
 
 
 def _require(df: pd.DataFrame, columns: Sequence[str], name: str) -> None:
@@ -184,20 +162,21 @@ def _iterations_panel(
 def plot_iterations(runs: pd.DataFrame, summary: pd.DataFrame) -> Figure:
     """Retraining iterations against sparsity, with the band between fitted lower and upper bound.
 
-    Rows are architectures and columns pruning methods. The y axis is symlog (linear below 1)
+    Rows are pruning methods and columns architectures (a tall figure stays legible when a
+    page scales it to its width). The y axis is symlog (linear below 1)
     because the upper bounds are 1e4 to 1e8 while runs need 0 to max_iters iterations.
     """
     runs = _with_mean_sparsity(runs)
     archs, methods = _order(runs["arch"]), _order(runs["method"])
     colors = _colors(methods, _METHOD_ORDER)
     rng = np.random.default_rng(0)  # reproducible jitter
-    nr, nc = len(archs), len(methods)
-    fig = _new_figure(4.6 * nc + 0.6, 3.7 * nr + 1.3)
+    nr, nc = len(methods), len(archs)
+    fig = _new_figure(5.2 * nc + 0.9, 3.5 * nr + 2.2)
     axes = fig.subplots(nr, nc, sharex=True, sharey=True, squeeze=False)
     top = 1.0
     for i, arch in enumerate(archs):
         for j, method in enumerate(methods):
-            ax = axes[i, j]
+            ax = axes[j, i]
             r = runs[(runs["arch"] == arch) & (runs["method"] == method)]
             s = summary[(summary["arch"] == arch) & (summary["method"] == method)]
             s = s.sort_values("sparsity")
@@ -247,7 +226,7 @@ def plot_iterations(runs: pd.DataFrame, summary: pd.DataFrame) -> Figure:
         Line2D([], [], ls="--", color="black", label="lower bound at γ = 1"),
         Line2D([], [], ls=":", color="black", label="iteration cap (max_iters)"),
     ]
-    fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=10)
+    fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=11)
     return fig
 
 
@@ -400,7 +379,7 @@ def plot_netdev(runs: pd.DataFrame) -> Figure:
 def plot_epochs(runs: pd.DataFrame) -> Figure:
     """Retraining epochs against the amount with section B's curvature-based lower bound.
 
-    Rows are architectures and columns methods. Points: single runs; diamonds: mean over
+    Rows are methods and columns architectures. Points: single runs; diamonds: mean over
     non-diverged runs (capped runs at the cap). Dashed: (mu1/mu2)(g(W_s)/g(W_init)) t_init
     in epochs (gamma = 1, mean over runs); solid grey: the same with the fitted gamma. The
     y axis is symlog, linear below one iteration's worth of epochs, so 0 is visible.
@@ -408,15 +387,15 @@ def plot_epochs(runs: pd.DataFrame) -> Figure:
     archs, methods = _order(runs["arch"]), _order(runs["method"])
     colors = _colors(methods, _METHOD_ORDER)
     rng = np.random.default_rng(0)
-    nr, nc = len(archs), len(methods)
-    fig = _new_figure(4.2 * nc + 0.6, 3.5 * nr + 1.2)
+    nr, nc = len(methods), len(archs)
+    fig = _new_figure(5.0 * nc + 0.9, 3.2 * nr + 1.8)
     axes = fig.subplots(nr, nc, sharex=True, sharey=True, squeeze=False)
     per_iter = (runs["epochs"] / runs["iterations"]).replace([np.inf, -np.inf], np.nan).dropna()
     lin = float(per_iter.min()) if len(per_iter) else 1e-3
     top = lin
     for i, arch in enumerate(archs):
         for j, method in enumerate(methods):
-            ax = axes[i, j]
+            ax = axes[j, i]
             r = runs[(runs["arch"] == arch) & (runs["method"] == method)]
             ax.set_title(f"{arch} · {method}")
             if r.empty:
@@ -462,7 +441,7 @@ def plot_epochs(runs: pd.DataFrame) -> Figure:
         Line2D([], [], ls="--", color="black", label="lower bound, γ = 1, estimated μ1/μ2"),
         Line2D([], [], ls="-", lw=2.2, color=BOUND_COLOR, label="lower bound, fitted γ"),
     ]
-    fig.legend(handles=handles, loc="outside lower center", ncol=5, fontsize=10)
+    fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=11)
     return fig
 
 
@@ -974,15 +953,15 @@ def run_report(
     out_dir: Path,
     out_md: Path,
     out_html: Path,
+    table_dir: Path | None = None,
 ) -> dict[str, Path]:
     """The `report` job: six figures in ``out_dir``, summary.md and a self-contained HTML.
 
+    With ``table_dir``, every table of the summary is also written there as a standalone HTML
+    page (``TABLES`` names them): the Snakemake report shows them as report items.
     ``params`` holds ``report: {format, dpi}`` and ``study``. Returns the written paths.
     """
-    fmt = str(params["report"]["format"]).lower()
-    if fmt not in FORMATS:
-        raise ValueError(f"report.format must be one of {FORMATS}, not {fmt!r}")
-    dpi = int(params["report"]["dpi"])
+    fmt, dpi = style.check_format(params["report"]["format"], params["report"]["dpi"])
     study = str(params.get("study", ""))
 
     runs = pd.read_csv(runs_path)
@@ -1036,4 +1015,13 @@ def run_report(
     write_text(Path(out_html), build_html(title, study, tables, notes, figures, sections))
     written = {f.key: f.path for f in figures}
     written.update(md=Path(out_md), html=Path(out_html))
+    if table_dir is not None:
+        display = dict(tables)
+        if sections:
+            display.update(netdev=sections[0].table, curvature=sections[1].table)
+        for key, (name, title) in TABLES.items():
+            if key in display:
+                path = Path(table_dir) / f"{name}.html"
+                write_text(path, style.table_html(title, _html_table(display[key])))
+                written[f"table_{key}"] = path
     return written

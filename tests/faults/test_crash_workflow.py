@@ -41,7 +41,7 @@ CONFIG = {
         },
     },
     "pruning": {"methods": ["random"], "amounts": [0.5], "trials": 8},
-    "report": {"dpi": 60},
+    "report": {"dpi": 150},
 }
 
 

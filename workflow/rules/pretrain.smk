@@ -101,6 +101,10 @@ rule pretrain_threshold:
         "--out-metrics {output.metrics:q} > {log:q} 2>&1"
 
 
+STUDY_C = "C. Pre-training threshold"
+PRE_TABLES = f"{PRE}/tables/display"
+
+
 rule pretrain_report:
     input:
         curves=rules.pretrain_threshold.output.curves,
@@ -110,30 +114,83 @@ rule pretrain_report:
         fits_md=rules.pretrain_threshold.output.fits_md,
         metrics=rules.pretrain_threshold.output.metrics,
     output:
-        loss=report(
+        loss=report_item(
             f"{PRE}/figures/pruned_loss_vs_pretraining.{FMT}",
-            category="Pre-training threshold",
-            caption="../report/pretrain_loss.rst",
+            STUDY_C,
+            "Training curves",
+            "pretrain_loss",
+            "figure",
+            "pruned-subnetwork training loss vs pre-training iterations, per m",
         ),
-        accuracy=report(
+        accuracy=report_item(
             f"{PRE}/figures/accuracy_vs_pretraining.{FMT}",
-            category="Pre-training threshold",
-            caption="../report/pretrain_accuracy.rst",
+            STUDY_C,
+            "Training curves",
+            "pretrain_accuracy",
+            "figure",
+            "training and test accuracy vs pre-training iterations",
         ),
-        threshold=report(
+        threshold=report_item(
             f"{PRE}/figures/threshold_vs_m.{FMT}",
-            category="Pre-training threshold",
-            caption="../report/pretrain_threshold.rst",
+            STUDY_C,
+            "Threshold T*(m)",
+            "pretrain_threshold",
+            "figure",
+            "T*(m) with the log, power and linear fits",
         ),
-        normalised=report(
+        normalised=report_item(
             f"{PRE}/figures/normalised_threshold_vs_m.{FMT}",
-            category="Pre-training threshold",
-            caption="../report/pretrain_normalised.rst",
+            STUDY_C,
+            "Threshold T*(m)",
+            "pretrain_normalised",
+            "figure",
+            "T* · η · λ0 vs m for every definition",
+        ),
+        t_setup=report_item(
+            f"{PRE_TABLES}/pretrain_setup.html",
+            STUDY_C,
+            "Settings",
+            "pretrain_table_setup",
+            "table",
+            "settings read back from the tables",
+        ),
+        t_tstar=report_item(
+            f"{PRE_TABLES}/threshold_by_m.html",
+            STUDY_C,
+            "Threshold T*(m)",
+            "pretrain_table_tstar",
+            "table",
+            "T*(m) with CI, λ0 and plateau share",
+        ),
+        t_sensitivity=report_item(
+            f"{PRE_TABLES}/threshold_definitions.html",
+            STUDY_C,
+            "Threshold T*(m)",
+            "pretrain_table_sensitivity",
+            "table",
+            "mean T*(m) under every definition",
+        ),
+        t_fits=report_item(
+            f"{PRE_TABLES}/threshold_fits.html",
+            STUDY_C,
+            "Threshold T*(m)",
+            "pretrain_table_fits",
+            "table",
+            "fitted laws with R², AIC, slope CI",
+        ),
+        t_dense=report_item(
+            f"{PRE_TABLES}/pretrain_dense.html",
+            STUDY_C,
+            "Training curves",
+            "pretrain_table_dense",
+            "table",
+            "dense network at the last checkpoint per m",
         ),
         summary_md=f"{PRE}/summary.md",
     params:
         cfg=json.dumps({"report": config["report"], "study": STUDY}, sort_keys=True),
         figdir=lambda wc, output: str(Path(output.loss).parent),
+        tabledir=lambda wc, output: str(Path(output.t_setup).parent),
     log:
         f"{PRE_LOGS}/report.log",
     benchmark:
@@ -145,7 +202,7 @@ rule pretrain_report:
         "python scripts/pretrain_report.py --params {params.cfg:q} --curves {input.curves:q} "
         "--thresholds {input.thresholds:q} --summary {input.summary:q} --fits {input.fits:q} "
         "--fits-md {input.fits_md:q} --metrics {input.metrics:q} --out-dir {params.figdir:q} "
-        "--out-md {output.summary_md:q} > {log:q} 2>&1"
+        "--out-md {output.summary_md:q} --table-dir {params.tabledir:q} > {log:q} 2>&1"
 
 
 # What `rule all` asks for when the config has a pretrain section.

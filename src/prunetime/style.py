@@ -1,0 +1,111 @@
+"""The one look of every figure and page of the project's studies.
+
+All figure code draws inside ``rc_context(theme())`` on figures from :func:`new_figure`, takes
+its colours from :data:`PALETTE` (categorical: methods, architectures, definitions) or
+:func:`sequential` (ordered quantities such as the dataset size m), and writes bytes from
+:func:`render`. Nothing here touches pyplot's global state, so figure code is safe in tests
+and in parallel jobs.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import seaborn as sns
+from cycler import cycler
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from prunetime.io import atomic_path
+
+FORMATS = ("png", "svg")
+MIN_DPI = 150  # PNG figures below this resolution are not legible when a page scales them
+PALETTE = sns.color_palette("colorblind", 10)
+DIVERGED_COLOR = PALETTE[3]  # red: reserved for diverged runs
+BOUND_COLOR = PALETTE[7]  # grey: reserved for bounds
+METHOD_ORDER = (0, 2, 4, 9, 5, 6, 8)  # blue, green, ...: far from the red of diverged runs
+ARCH_ORDER = (4, 5, 1, 9, 6, 8)
+SEQUENTIAL = "viridis"  # ordered quantities (m, amounts): light = large
+FONT_SCALE = 1.15  # seaborn's "notebook" context, a little larger: figures are shown scaled down
+
+
+def theme() -> dict[str, Any]:
+    """rc settings of the seaborn theme of all figures, to apply with ``rc_context``."""
+    rc: dict[str, Any] = {
+        **sns.axes_style("whitegrid"),
+        **sns.plotting_context("notebook", font_scale=FONT_SCALE),
+    }
+    rc["axes.prop_cycle"] = cycler(color=PALETTE)
+    rc["svg.hashsalt"] = "prunetime"  # reproducible SVG ids
+    rc["legend.frameon"] = False
+    rc["axes.titleweight"] = "bold"
+    return rc
+
+
+def colors(keys: Sequence[Any], order: Sequence[int] = METHOD_ORDER) -> dict[Any, Any]:
+    """Colour per key, assigned in sorted order so a key keeps its colour in every figure."""
+    return {k: PALETTE[order[i % len(order)]] for i, k in enumerate(sorted(keys))}
+
+
+def sequential(keys: Sequence[Any]) -> dict[Any, Any]:
+    """Colour per ordered key (e.g. dataset size m) from the sequential palette."""
+    pal = sns.color_palette(SEQUENTIAL, len(keys))
+    return {k: pal[i] for i, k in enumerate(sorted(keys))}
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """A constrained-layout figure on the Agg canvas, without pyplot's global state."""
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def check_format(fmt: str, dpi: int) -> tuple[str, int]:
+    """Validate report.format / report.dpi with a message naming the key."""
+    fmt = str(fmt).lower()
+    if fmt not in FORMATS:
+        raise ValueError(f"report.format must be one of {FORMATS}, not {fmt!r}")
+    if int(dpi) < MIN_DPI:
+        raise ValueError(f"report.dpi must be at least {MIN_DPI} (legible figures), not {dpi}")
+    return fmt, int(dpi)
+
+
+def render(fig: Figure, fmt: str, dpi: int) -> bytes:
+    """The figure's bytes in ``fmt``; the format is explicit so no file name is consulted."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, dpi=dpi)
+    return buf.getvalue()
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+TABLE_CSS = """
+body { font-family: system-ui, sans-serif; color: #222; margin: 1em; }
+table { border-collapse: collapse; font-size: 0.9em; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f4f4f4; position: sticky; top: 0; }
+td:first-child, th:first-child { text-align: left; }
+caption { text-align: left; font-weight: bold; padding-bottom: 0.5em; }
+"""
+
+
+def table_html(title: str, table_markup: str) -> str:
+    """A standalone HTML page around one table (a report item that opens in a browser)."""
+    from html import escape
+
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{escape(title)}</title>\n<style>{TABLE_CSS}</style>\n</head>\n<body>\n"
+        f"<h2>{escape(title)}</h2>\n{table_markup}\n</body>\n</html>\n"
+    )
