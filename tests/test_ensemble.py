@@ -173,3 +173,22 @@ def test_bad_check_interval_is_rejected(task) -> None:
     model = build_model("lenet300100")
     with pytest.raises(ValueError, match="check_every"):
         run(model, trials(model, 1), task, check_every=0, max_iters=3)
+
+
+def test_ensemble_setting_auto_batches_fully_connected_networks_only() -> None:
+    from prunetime.config import ConfigError, validate_config
+    from prunetime.study import use_ensemble
+
+    fc, conv = build_model("lenet300100"), build_model("lenet5")
+    assert use_ensemble("auto", fc) and not use_ensemble("auto", conv)
+    assert use_ensemble(True, conv) and not use_ensemble(False, fc)
+    base = {"architectures": {"mlp": {"model": "lenet300100"}}}
+    assert validate_config(dict(base))["retrain"] == {
+        "masked": True,
+        "check_every": 1,
+        "ensemble": "auto",
+    }
+    with pytest.raises(ConfigError, match="retrain.ensemble"):
+        validate_config({**base, "retrain": {"ensemble": "yes"}})
+    with pytest.raises(ConfigError, match="retrain.check_every"):
+        validate_config({**base, "retrain": {"check_every": 0}})

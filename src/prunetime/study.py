@@ -160,6 +160,14 @@ def method_options(config: dict[str, Any], method_name: str) -> dict[str, Any]:
     return {}
 
 
+def use_ensemble(setting: bool | str, model: torch.nn.Module) -> bool:
+    """``retrain.ensemble``: ``auto`` batches the trials of fully connected networks only,
+    where it measured >= 1.5x faster; vmap makes convs grouped convs, slower on a CPU."""
+    if setting == "auto":
+        return not any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    return bool(setting)
+
+
 def method_applies(config: dict[str, Any], arch_name: str, method_name: str) -> bool:
     """Whether ``method_name`` can prune architecture ``arch_name`` (greedy_node: FC only)."""
     model = build_model(config["architectures"][arch_name]["model"])
@@ -504,7 +512,7 @@ def run_retrain(
         momentum=rt["momentum"],
         divergence_factor=rt["divergence_factor"],
         check_every=config["retrain"]["check_every"],
-        batched=config["retrain"]["ensemble"],
+        batched=use_ensemble(config["retrain"]["ensemble"], template),
         progress=progress,
         on_result=finished,
     )
