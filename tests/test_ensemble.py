@@ -166,7 +166,7 @@ def test_stacked_optimizer_matches_torch_optim(name: str, momentum: float) -> No
         ref.step()
         stacked["w"].grad = grad[None].clone()
         opt.step(stacked)
-    assert torch.allclose(stacked["w"][0], p_ref.detach(), atol=1e-7, rtol=0)
+    assert torch.allclose(stacked["w"][0], p_ref.detach(), atol=1e-6, rtol=0)  # a few ulps
 
 
 def test_bad_check_interval_is_rejected(task) -> None:

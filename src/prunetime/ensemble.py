@@ -71,27 +71,34 @@ class StackedOptimizer:
         """Update ``params`` in place from their ``.grad`` (one step for every trial)."""
         self.t += 1
         with torch.no_grad():
+            # One foreach call per operation over all tensors (fewer dispatches), and Adam's
+            # denominator sqrt(v / bc2) + eps as (sqrt(v) + eps * c) / c, c = sqrt(bc2),
+            # with 1/c folded into the step size: one pass less over the parameters.
+            ps = list(params.values())
+            gs = [p.grad for p in ps]
+            sts = [self.state[k] for k in params]
             if self.name == "adam":
                 b1, b2, eps = 0.9, 0.999, 1e-8
-                bc1, bc2 = 1 - b1**self.t, 1 - b2**self.t
-                for k, p in params.items():
-                    g, st = p.grad, self.state[k]
+                bc1, c = 1 - b1**self.t, math.sqrt(1 - b2**self.t)
+                for st, p in zip(sts, ps, strict=True):
                     if not st:
                         st["m"], st["v"] = torch.zeros_like(p), torch.zeros_like(p)
-                    st["m"].lerp_(g, 1 - b1)
-                    st["v"].mul_(b2).addcmul_(g, g, value=1 - b2)
-                    denom = (st["v"].sqrt() / math.sqrt(bc2)).add_(eps)
-                    p.addcdiv_(st["m"], denom, value=-self.lr / bc1)
+                ms, vs = [st["m"] for st in sts], [st["v"] for st in sts]
+                torch._foreach_lerp_(ms, gs, 1 - b1)
+                torch._foreach_mul_(vs, b2)
+                torch._foreach_addcmul_(vs, gs, gs, 1 - b2)
+                denom = torch._foreach_sqrt(vs)
+                torch._foreach_add_(denom, eps * c)
+                torch._foreach_addcdiv_(ps, ms, denom, -self.lr * c / bc1)
             else:
-                for k, p in params.items():
-                    g, st = p.grad, self.state[k]
-                    if self.momentum:
+                if self.momentum:
+                    for st, g in zip(sts, gs, strict=True):
                         if "buf" not in st:
                             st["buf"] = g.detach().clone()
                         else:
                             st["buf"].mul_(self.momentum).add_(g)
-                        g = st["buf"]
-                    p.add_(g, alpha=-self.lr)
+                    gs = [st["buf"] for st in sts]
+                torch._foreach_add_(ps, gs, alpha=-self.lr)
 
     def select(self, keep: torch.Tensor) -> StackedOptimizer:
         """The optimizer of the trials at positions ``keep`` (same step count)."""
