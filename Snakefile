@@ -19,10 +19,12 @@ include: "workflow/rules/bounds.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/targets.smk"
 include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/gates.smk"
 
 
 rule all:
     input:
         rules.report.output if ARCHS else [],
         PRETRAIN_TARGETS,
+        GATES_TARGETS,
     default_target: True
