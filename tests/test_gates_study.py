@@ -198,3 +198,16 @@ def test_gates_schema_fills_defaults_and_names_bad_keys() -> None:
     bad["gates"]["gates"]["estimator"] = "reinforce"
     with pytest.raises(ConfigError, match="allowed values"):
         validate_config(bad)
+
+
+def test_cifar10_only_with_the_gates_study() -> None:
+    cfg = _gates_cfg()
+    cfg["data"]["dataset"] = "cifar10"
+    check_gates_config(validate_config(copy.deepcopy(cfg)))
+    cfg["data"]["normalize"] = "standardize"
+    with pytest.raises(ConfigError, match="data.normalize"):
+        check_gates_config(validate_config(cfg))
+    lenet = yaml.safe_load((REPO / "config" / "quick.yaml").read_text())
+    lenet["data"]["dataset"] = "cifar10"
+    with pytest.raises(ConfigError, match="data.dataset"):
+        validate_config(lenet)
