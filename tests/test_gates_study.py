@@ -211,3 +211,21 @@ def test_cifar10_only_with_the_gates_study() -> None:
     lenet["data"]["dataset"] = "cifar10"
     with pytest.raises(ConfigError, match="data.dataset"):
         validate_config(lenet)
+
+
+def test_resnet_gated_training_removes_filters_and_blocks(split_factory) -> None:
+    """A tiny ResNet-8 on synthetic data: filters and blocks go during training, the optimizer
+    keeps working on the smaller tensors, and the end result is deterministic."""
+    cfg = copy.deepcopy(CFG)
+    cfg["gates"]["train"]["epochs"] = 2
+    cfg["gates"]["complexity"]["layer_weight"] = 0.5
+    cfg["gates"]["gates"]["check_every"] = 2
+    train, evalset = split_factory(128, 0, (1, 12, 12)), split_factory(64, 1, (1, 12, 12))
+    torch.manual_seed(0)
+    model = ResNet((1, 12, 12), depth=8, width=4)
+    hist = train_gated(model, train, evalset, cfg, "combined", 30.0, torch.Generator())
+    removed = hist["removed"]
+    assert removed["units_training"] + removed["blocks_training"] > 0
+    m = _final_metrics(model, evalset, evalset)
+    assert m["flops"] < hist["flops_full"] and m["thetas_binary"]
+    assert m["flops"] == count_flops(model, model.input_shape)
