@@ -17,6 +17,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib import rc_context
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from prunetime.report import _new_figure, render, theme, write_bytes, write_text
 
@@ -115,6 +116,7 @@ def plot_epoch_time(epochs: pd.DataFrame) -> Figure:
                      ax=ax, legend=ax is axes[0], errorbar=None)  # fmt: skip
         ax.set_title(f"{net}, lambda = {lam:g}")
         ax.set_ylabel("training wall time per epoch (s)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return fig
 
 
