@@ -241,3 +241,21 @@ def test_difference_passes_leave_batchnorm_statistics_alone() -> None:
     for a, b in zip(before, after, strict=True):
         if a.dtype.is_floating_point:
             assert torch.equal(a, b)
+
+
+def test_projected_steps_keep_theta_in_unit_interval() -> None:
+    torch.manual_seed(0)
+    model = ResMLP((1, 6, 6), width=8, hidden=6, blocks=2).configure(True, True, init=0.9)
+    w = cost_weights(model, lam=5.0, flops_weight=0.5, layer_weight=0.5)
+    opt = torch.optim.SGD(model.thetas(), lr=50.0)
+    x, y = torch.randn(8, 1, 6, 6), torch.randint(0, 10, (8,))
+    model.train()
+    for _ in range(3):
+        model.resample()
+        opt.zero_grad()
+        (F.cross_entropy(model(x), y) + complexity_term(model, w)).backward()
+        opt.step()
+        model.project()
+        thetas = torch.cat([t.detach() for t in model.thetas()])
+        assert float(thetas.min()) >= 0.0 and float(thetas.max()) <= 1.0
+    assert float(thetas.min()) == 0.0  # a huge step lands on the boundary, not beyond
