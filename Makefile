@@ -37,6 +37,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/snakemake --lint --configfile config/quick.yaml
+	$(VENV)/bin/snakemake --lint --configfile config/gates_quick.yaml
 
 clean:
 	rm -rf results .snakemake

@@ -19,6 +19,7 @@ include: "workflow/rules/bounds.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/targets.smk"
 include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/gates.smk"
 
 
 rule all:
@@ -26,4 +27,5 @@ rule all:
         rules.report.output if ARCHS else [],
         PRETRAIN_TARGETS,
         rules.summary.output,
+        GATES_TARGETS,
     default_target: True

@@ -86,6 +86,14 @@ def validate_config(config: dict[str, Any], schema: dict[str, Any] | None = None
 
 
 def _check_consistency(config: dict[str, Any]) -> None:
+    if config["data"]["dataset"] == "cifar10" and (
+        config.get("architectures") or "pretrain" in config
+    ):
+        raise ConfigError(
+            "config key 'data.dataset': 'cifar10' is only supported by the structure-discovery "
+            "study (section `gates`); the LeNet architectures and the pretrain study take "
+            "28x28 grey images"
+        )
     pruning = config.get("pruning", {})
     if pruning.get("with_replacement") and "random" not in pruning.get("methods", []):
         raise ConfigError(

@@ -24,6 +24,7 @@ MIRROR_ENV = "PRUNETIME_DATA_MIRROR"
 DATASETS: dict[str, tuple[str, tuple[str, ...]]] = {
     "mnist": ("MNIST", ("mnist", "MNIST")),
     "fashion_mnist": ("FashionMNIST", ("fashion-mnist", "fashion_mnist", "FashionMNIST")),
+    "cifar10": ("CIFAR10", ("cifar10", "cifar-10", "CIFAR10")),
 }
 
 
@@ -82,6 +83,8 @@ def fetch_raw(
     or downloaded (from ``urls``, default torchvision's mirrors); a mismatch raises
     :class:`DataError` naming the file.
     """
+    if dataset == "cifar10":
+        return fetch_cifar10(root, mirror, urls)
     cls = _torchvision_class(dataset)
     raw = Path(root) / cls.__name__ / "raw"
     raw.mkdir(parents=True, exist_ok=True)
@@ -208,9 +211,12 @@ def prepare_dataset(
     """
     cls = _torchvision_class(dataset)
     fetch_raw(dataset, raw_root, mirror, urls)
-    # torchvision extracts the verified .gz files (no download: they pass its MD5 check).
-    train = cls(str(raw_root), train=True, download=True)
-    test = cls(str(raw_root), train=False, download=True)
+    if dataset == "cifar10":
+        train, test = _cifar10_splits(raw_root)
+    else:
+        # torchvision extracts the verified .gz files (no download: they pass its MD5 check).
+        train = cls(str(raw_root), train=True, download=True)
+        test = cls(str(raw_root), train=False, download=True)
     x, y = train.data.clone(), train.targets.clone().long()
     if not 0 < n_val < len(x):
         raise DataError(f"data.n_val={n_val} must lie in (0, {len(x)})")
@@ -259,7 +265,8 @@ def load_prepared(path: Path, normalize: str = "unit", device: str = "cpu") -> P
     blob = torch.load(path, weights_only=True)
 
     def conv(x: torch.Tensor) -> torch.Tensor:
-        out = x.to(torch.float32).div_(255.0).unsqueeze(1)
+        out = x.to(torch.float32).div_(255.0)
+        out = out.unsqueeze(1) if out.dim() == 3 else out  # colour images are [N, 3, H, W]
         if normalize == "standardize":
             out = out.sub_(MNIST_MEAN).div_(MNIST_STD)
         elif normalize != "unit":
@@ -277,3 +284,80 @@ def eval_indices(n_val: int, size: int, seed: int) -> torch.Tensor:
         raise ValueError(f"eval.size={size} must lie in (0, {n_val}] (the validation split)")
     perm = torch.randperm(n_val, generator=torch.Generator().manual_seed(seed))
     return perm[:size].sort().values
+
+
+# --------------------------------------------------------------------------- CIFAR-10
+
+
+def _cifar10_mirror(mirror: str | os.PathLike[str] | None, filename: str) -> Path | None:
+    """The folder holding ``cifar-10-python.tar.gz`` (directly or in a cifar sub-folder)."""
+    value = mirror if mirror not in (None, "") else os.environ.get(MIRROR_ENV) or None
+    if value is None:
+        return None
+    root = Path(value).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data mirror {str(root)!r} (data.mirror / ${MIRROR_ENV}) is not a folder")
+    for candidate in (root, *(root / sub for sub in DATASETS["cifar10"][1])):
+        if (candidate / filename).is_file():
+            return candidate
+    raise DataError(
+        f"data mirror {str(root)!r} holds no {filename!r} for dataset 'cifar10' "
+        f"(looked in it and in sub-folders {list(DATASETS['cifar10'][1])})"
+    )
+
+
+def fetch_cifar10(
+    root: Path, mirror: str | os.PathLike[str] | None = None, urls: Sequence[str] | None = None
+) -> Path:
+    """Place the verified CIFAR-10 python archive under ``root/CIFAR10`` and extract it.
+
+    The archive's MD5 is checked against torchvision's, whether copied from a mirror or
+    downloaded; torchvision then checks every extracted batch file against its own list.
+    """
+    import tarfile
+
+    cls = _torchvision_class("cifar10")
+    folder = Path(root) / cls.__name__
+    folder.mkdir(parents=True, exist_ok=True)
+    archive = folder / cls.filename
+    src = _cifar10_mirror(mirror, cls.filename)
+    if src is not None:
+        actual = md5sum(src / cls.filename)
+        if actual != cls.tgz_md5:
+            raise DataError(
+                f"MD5 mismatch for {str(src / cls.filename)!r}: expected {cls.tgz_md5}, got "
+                f"{actual} (file truncated or altered; replace it with the original)"
+            )
+        with atomic_path(archive) as tmp:
+            shutil.copyfile(src / cls.filename, tmp)
+    elif not (archive.is_file() and md5sum(archive) == cls.tgz_md5):
+        base = cls.url.rsplit("/", 1)[0] + "/"
+        _download(urls or [base], cls.filename, cls.tgz_md5, folder)
+    actual = md5sum(archive)
+    if actual != cls.tgz_md5:
+        archive.unlink()
+        raise DataError(f"MD5 mismatch for {str(archive)!r}: expected {cls.tgz_md5}, got {actual}")
+    with tarfile.open(archive, "r:gz") as tar:
+        tar.extractall(folder, filter="data")
+    return folder
+
+
+class _ImageSet:
+    """Images as a uint8 tensor [N, C, H, W] and labels, like torchvision's MNIST classes."""
+
+    def __init__(self, data: torch.Tensor, targets: torch.Tensor) -> None:
+        self.data, self.targets = data, targets
+
+
+def _cifar10_splits(raw_root: Path) -> tuple[_ImageSet, _ImageSet]:
+    """Train and test split of the extracted archive (torchvision verifies every file)."""
+    cls = _torchvision_class("cifar10")
+    out = []
+    for train in (True, False):
+        try:
+            ds = cls(str(Path(raw_root) / cls.__name__), train=train, download=False)
+        except RuntimeError as exc:
+            raise DataError(f"CIFAR-10 files under {str(raw_root)!r}: {exc}") from None
+        data = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+        out.append(_ImageSet(data, torch.tensor(ds.targets, dtype=torch.int64)))
+    return out[0], out[1]

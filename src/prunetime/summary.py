@@ -403,10 +403,79 @@ def pretrain_section(res: Path) -> Section | None:
 
 
 # Study key -> section function, in page order. A new study appends one entry here.
+def gates_section(res: Path) -> Section | None:
+    """Section D: accuracy against the share of parameters and FLOPs kept, per variant."""
+    gates = res / "gates"
+    metrics_path = gates / "metrics.json"
+    if not metrics_path.is_file():
+        return None
+    metrics = read_json(metrics_path)
+    rows, numbers = [], []
+    for net, variants in metrics.get("nets", {}).items():
+        dense_acc = variants.get("dense", {}).get("0", {}).get("test_acc")
+        if dense_acc is not None:
+            numbers.append({"label": f"dense test accuracy, {net}", "value": _f(dense_acc, ".4f")})
+        for variant, by_lam in variants.items():
+            for lam, m in by_lam.items():
+                rows.append(
+                    {
+                        "network": net,
+                        "variant": variant,
+                        "λ": lam,
+                        "test accuracy": _f(m.get("test_acc"), ".4f"),
+                        "params kept": _share(m.get("params_frac")),
+                        "FLOPs kept": _share(m.get("flops_frac")),
+                        "last/first epoch time": _f(m.get("epoch_time_ratio"), ".2f"),
+                    }
+                )
+    gated = [
+        (net, v, lam, m)
+        for net, variants in metrics.get("nets", {}).items()
+        for v, by_lam in variants.items()
+        if v in ("combined", "unit", "layer")
+        for lam, m in by_lam.items()
+        if m.get("flops_frac") is not None and m["flops_frac"] < 1
+    ]
+    if gated:
+        net, v, lam, m = max(gated, key=lambda r: (r[3].get("test_acc") or 0, -r[3]["flops_frac"]))
+        answer = (
+            f"The most accurate pruned network is {net} with {v} gates at λ = {lam}: test "
+            f"accuracy {_f(m.get('test_acc'), '.4f')} with {_share(m['flops_frac'])} of the "
+            f"FLOPs and {_share(m.get('params_frac'))} of the parameters."
+        )
+        numbers.append({"label": "best pruned network", "value": f"{net}, {v}, λ={lam}"})
+    else:
+        answer = "No gated run removed any structure at the configured λ."
+    fig = gates / "figures"
+    return {
+        "key": "gates",
+        "title": "Structure discovery during training (THEORY.md D)",
+        "question": "How much accuracy does training with unit and layer gates trade for "
+        "fewer FLOPs and parameters, against unit-only, layer-only and prune-then-retrain?",
+        "answer": answer,
+        "numbers": numbers,
+        "rows": rows,
+        "figures": _figure(fig, "accuracy_vs_flops", "Accuracy against FLOPs kept")
+        + _figure(fig, "accuracy_vs_params", "Accuracy against parameters kept")
+        + _figure(fig, "theta_trajectories", "Gate trajectories")
+        + _figure(fig, "epoch_time", "Wall time per epoch"),
+        "tables": _tables(
+            res,
+            [
+                ("gates/tables/runs.csv", "runs.csv: one row per run"),
+                ("gates/tables/epochs.csv", "epochs.csv: per-epoch time and accuracy"),
+                ("gates/metrics.json", "metrics.json: means per network, variant and λ"),
+            ],
+        ),
+        "notes": [],
+    }
+
+
 STUDIES: dict[str, Callable[[Path], Section | None]] = {
     "retraining": retraining_section,
     "netdev": netdev_section,
     "pretrain": pretrain_section,
+    "gates": gates_section,
 }
 
 PAGE = """<!DOCTYPE html>
@@ -487,6 +556,7 @@ SECTION_BLOCKS = {
     "retraining": "<h3>Per architecture and method</h3>\n" + ROWS_BLOCK,
     "netdev": "<h3>Lowest and highest normalised Net Deviation D per amount</h3>\n" + ROWS_BLOCK,
     "pretrain": "<h3>Fits of T*(m), primary definition, before fine-tuning</h3>\n" + ROWS_BLOCK,
+    "gates": "<h3>Accuracy, parameters and FLOPs per variant and λ</h3>\n" + ROWS_BLOCK,
 }
 
 

@@ -19,4 +19,6 @@ def summary_inputs(wildcards):
         studies["bounds"] = list(rules.report.output)
     if HAS_PRETRAIN:
         studies["pretrain"] = list(rules.pretrain_report.output)
+    if HAS_GATES:
+        studies["gates"] = list(rules.gates_report.output) + [rules.gates_summary.output.metrics]
     return studies
