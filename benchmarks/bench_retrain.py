@@ -19,16 +19,12 @@ Absolute times depend on the machine and its load; the ratios are what to read.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from _common import add_mirror_arg  # noqa: E402  (puts the project's src on sys.path)
 
 from prunetime import ensemble  # noqa: E402
 from prunetime.data import eval_indices, load_prepared, prepare_dataset  # noqa: E402
@@ -73,11 +69,7 @@ def main() -> None:
     p.add_argument("--max-iters", type=int, default=1000)
     p.add_argument("--eval-size", type=int, default=1000)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument(
-        "--mirror",
-        type=Path,
-        default=Path(os.environ.get("PRUNETIME_DATA_MIRROR", ROOT.parent / "shared/data/mnist")),
-    )
+    add_mirror_arg(p)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     with tempfile.TemporaryDirectory() as tmp:

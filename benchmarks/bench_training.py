@@ -15,18 +15,14 @@ Prints samples/s, the speedup over the recipe and the share of the ceiling reach
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _common import add_mirror_arg  # noqa: E402  (puts the project's src on sys.path)
 from torch.utils.flop_counter import FlopCounterMode
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 
 from prunetime.data import load_prepared, prepare_dataset  # noqa: E402
 from prunetime.models import build_model  # noqa: E402
@@ -107,11 +103,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--threads", type=int, default=1, help="torch threads (jobs use 1)")
-    p.add_argument(
-        "--mirror",
-        type=Path,
-        default=Path(os.environ.get("PRUNETIME_DATA_MIRROR", ROOT.parent / "shared/data/mnist")),
-    )
+    add_mirror_arg(p)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     with tempfile.TemporaryDirectory() as tmp:

@@ -27,9 +27,9 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import MIRROR, ROOT
+
 HEAVY = ("torchvision", "pandas", "seaborn", "matplotlib", "sklearn", "scipy")
-MIRROR = Path(os.environ.get("PRUNETIME_DATA_MIRROR", ROOT.parent / "shared/data/mnist"))
 
 STARTUP = r"""
 import sys, time
@@ -62,7 +62,6 @@ def _spawn_seconds(code: str) -> tuple[float, str]:
 
 
 def startup(repeats: int) -> None:
-    sys.path.insert(0, str(ROOT / "src"))
     from prunetime.data import prepare_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
