@@ -103,6 +103,7 @@ def test_every_job_ran_as_a_completed_slurm_job(slurm_run: tuple[Path, str]) -> 
     planned = {r: n for r, n in job_counts("Job stats:" + table).items() if r != "all"}
     assert set(planned) == {
         "prepare_data", "train_dense", "jacobians", "prune", "retrain", "bounds", "report",
+        "summary",
     }  # fmt: skip
     submitted = dict(re.findall(r"Job (\d+) has been submitted with SLURM jobid (\d+)", log))
     assert len(submitted) == sum(planned.values())  # one sbatch per job, no retries
