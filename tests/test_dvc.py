@@ -44,7 +44,10 @@ EXPERIMENT = "bounds.gamma_quantile=0.5"
 # Rules of the pre-training threshold study (workflow/rules/pretrain.smk). It runs from its
 # own config file (config/pretrain*.yaml) and is not under DVC: dvc.yaml reads one config
 # file. Any other rule must belong to a stage.
-NOT_UNDER_DVC = {"pretrain_train", "pretrain_prune", "pretrain_threshold", "pretrain_report"}
+NOT_UNDER_DVC = {
+    "pretrain_train", "pretrain_prune", "pretrain_threshold", "pretrain_report",
+    "gates_dense", "gates_train", "gates_magnitude", "gates_summary", "gates_report",
+}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- helpers
@@ -61,7 +64,7 @@ def tiny_config() -> dict[str, Any]:
     cfg["architectures"] = {"lenet300100": arch}
     cfg["pruning"].update(methods=["random"], amounts=[0.5, 0.9], trials=2)
     cfg["pruning"]["data"]["size"] = 50
-    cfg["report"]["dpi"] = 60
+    cfg["report"]["dpi"] = 150
     return cfg
 
 
@@ -180,7 +183,7 @@ def expected_jobs(cfg: dict[str, Any]) -> Counter[str]:
     n_prune = n_dense * len(cfg["pruning"]["methods"]) * len(cfg["pruning"]["amounts"])
     return Counter(
         prepare_data=1, train_dense=n_dense, jacobians=n_dense, prune=n_prune, retrain=n_prune,
-        bounds=1, report=1,
+        bounds=1, report=1, summary=1,
     )  # fmt: skip
 
 
@@ -309,7 +312,7 @@ def test_exp_run_reruns_only_dependent_phases_and_metrics_diff_shows_it(
 ) -> None:
     repo, out = experiment.repo, experiment.output
     assert stages_run(out) == ["bounds", "report"]
-    assert rules_run(out) == Counter(bounds=1, report=1)
+    assert rules_run(out) == Counter(bounds=1, report=1, summary=1)
     after = contents(*repo.upstream_of_bounds, repo.res / "retrain")
     assert after == experiment.before, "results of unchanged phases were rewritten"
 
@@ -357,11 +360,11 @@ def test_checkout_of_older_config_recomputes_nothing_the_cache_holds(
     # A change only the report depends on runs the report alone: the stage adopts its
     # upstream (touch: same bytes, new times and records) and Snakemake redoes nothing else.
     cfg = yaml.safe_load((path / CONFIG).read_text())
-    cfg["report"]["dpi"] = 50
+    cfg["report"]["dpi"] = 160
     (path / CONFIG).write_text(yaml.safe_dump(cfg, sort_keys=False))
     before = contents(*repo.upstream_of_bounds, res / "retrain", res / "tables")
     out = dvc(path, env, "repro")
-    assert stages_run(out) == ["report"] and rules_run(out) == Counter(report=1)
+    assert stages_run(out) == ["report"] and rules_run(out) == Counter(report=1, summary=1)
     assert contents(*repo.upstream_of_bounds, res / "retrain", res / "tables") == before
     # Forward to the experiment's commit without `dvc checkout`: repro takes bounds and
     # report from DVC's run cache instead of running them.

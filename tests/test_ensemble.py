@@ -10,7 +10,10 @@ from prunetime.data import Split
 from prunetime.ensemble import StackedOptimizer, TrialSpec, retrain_trials
 from prunetime.models import build_model
 
-TOL = 1e-5  # batched vs one-by-one: the same arithmetic up to float reassociation
+TOL = 1e-5  # batched vs one-by-one losses: the same arithmetic up to float reassociation
+# Weights: Adam divides by sqrt(v), so on entries whose gradient is near zero a rounding
+# difference of the batched matmul / grouped conv can move the step by a few 1e-5.
+TOL_W = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +66,7 @@ def test_ensemble_equals_trials_one_by_one(task, arch) -> None:
     assert len({r.iterations for r in seq}) > 1  # trials stop at their own steps
     for a, b, spec in zip(seq, bat, trials(model, 4), strict=True):
         for k in a.state:
-            assert torch.allclose(a.state[k], b.state[k], atol=TOL, rtol=0)
+            assert torch.allclose(a.state[k], b.state[k], atol=TOL_W, rtol=0)
         for k, m in spec.masks.items():  # every trial keeps its own mask exactly
             assert (b.state[k][~m] == 0).all() and (b.state[k][m] != 0).any()
         assert b.final_eval_loss == pytest.approx(a.final_eval_loss, abs=TOL)

@@ -414,7 +414,13 @@ def gates_section(res: Path) -> Section | None:
     for net, variants in metrics.get("nets", {}).items():
         dense_acc = variants.get("dense", {}).get("0", {}).get("test_acc")
         if dense_acc is not None:
-            numbers.append({"label": f"dense test accuracy, {net}", "value": _f(dense_acc, ".4f")})
+            numbers.append(
+                {
+                    "label": f"dense test accuracy, {net}",
+                    "value": _f(dense_acc, ".4f"),
+                    "note": f"mean over {variants['dense']['0'].get('seeds', 1)} seed(s)",
+                }
+            )
         for variant, by_lam in variants.items():
             for lam, m in by_lam.items():
                 rows.append(
@@ -443,7 +449,13 @@ def gates_section(res: Path) -> Section | None:
             f"accuracy {_f(m.get('test_acc'), '.4f')} with {_share(m['flops_frac'])} of the "
             f"FLOPs and {_share(m.get('params_frac'))} of the parameters."
         )
-        numbers.append({"label": "best pruned network", "value": f"{net}, {v}, λ={lam}"})
+        numbers.append(
+            {
+                "label": "best pruned network",
+                "value": f"{net}, {v}, λ={lam}",
+                "note": f"{_share(m['flops_frac'])} of the FLOPs kept",
+            }
+        )
     else:
         answer = "No gated run removed any structure at the configured λ."
     fig = gates / "figures"
