@@ -11,7 +11,8 @@ Run:
 step) and reports the time from process start to that step beside a bare ``import torch``
 in the same run, and whether any heavy library (torchvision, pandas, seaborn, matplotlib,
 scikit-learn) was imported. ``rules`` reads Snakemake's per-job benchmark files (``s`` wall
-seconds, ``max_rss`` MB) and prints per-rule totals, means and peak memory.
+seconds, ``cpu_time``, ``max_rss`` MB) and prints per-rule totals, means and peak memory (on
+a shared machine the CPU time is the steadier guide to what the rules cost).
 """
 
 from __future__ import annotations
@@ -124,6 +125,7 @@ def cores() -> None:
 
 def rules(results: Path) -> None:
     per: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    cpu: dict[str, float] = defaultdict(float)
     for tsv in sorted((results / "benchmarks").rglob("*.tsv")):
         rel = tsv.relative_to(results / "benchmarks")
         rule = rel.parts[0] if len(rel.parts) > 1 else rel.stem
@@ -131,18 +133,25 @@ def rules(results: Path) -> None:
             for row in csv.DictReader(fh, delimiter="\t"):
                 rss = float(row["max_rss"]) if row.get("max_rss") not in (None, "", "-") else 0
                 per[rule].append((float(row["s"]), rss))
+                cpu[rule] += float(row.get("cpu_time") or 0)
     if not per:
         raise SystemExit(f"no benchmark files under {results / 'benchmarks'}")
     total = sum(s for v in per.values() for s, _ in v)
-    print(f"{'rule':<16} {'jobs':>5} {'total s':>9} {'share':>6} {'mean s':>8} {'peak MB':>8}")
+    print(
+        f"{'rule':<16} {'jobs':>5} {'total s':>9} {'share':>6} {'mean s':>8} {'cpu s':>8} "
+        f"{'peak MB':>8}"
+    )
     for rule, v in sorted(per.items(), key=lambda kv: -sum(s for s, _ in kv[1])):
         t = sum(s for s, _ in v)
         print(
             f"{rule:<16} {len(v):5d} {t:9.1f} {t / total:6.1%} {t / len(v):8.2f} "
-            f"{max(r for _, r in v):8.0f}"
+            f"{cpu[rule]:8.1f} {max(r for _, r in v):8.0f}"
         )
     peak = max(r for v in per.values() for _, r in v)
-    print(f"job time in all rules {total:.1f} s; peak RSS of any job {peak:.0f} MB (target 1536)")
+    print(
+        f"job time in all rules {total:.1f} s wall, {sum(cpu.values()):.1f} s CPU; peak RSS of "
+        f"any job {peak:.0f} MB (target 1536)"
+    )
 
 
 def main() -> None:
