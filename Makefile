@@ -26,6 +26,9 @@ paper: setup  ## the paper preset (config/config.yaml)
 test: setup  ## unit tests and the end-to-end quick run on real MNIST
 	$(VENV)/bin/python -m pytest -q
 
+report: setup  ## Snakemake's HTML report of a finished run: make report CONFIG=config/quick.yaml
+	$(VENV)/bin/snakemake --report report.html --configfile $(or $(CONFIG),config/config.yaml)
+
 bench: setup  ## the performance benchmarks (ratios measured side by side; see benchmarks/README.md)
 	$(PY) benchmarks/bench_training.py
 	$(PY) benchmarks/bench_retrain.py
