@@ -195,3 +195,14 @@ def test_ensemble_setting_auto_batches_fully_connected_networks_only() -> None:
         validate_config({**base, "retrain": {"ensemble": "yes"}})
     with pytest.raises(ConfigError, match="retrain.check_every"):
         validate_config({**base, "retrain": {"check_every": 0}})
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_progress_counts_finished_trials_across_groups(task, batched: bool) -> None:
+    torch.manual_seed(8)
+    model = build_model("lenet300100")
+    seen: list[dict] = []
+    run(model, trials(model, 3), task, max_iters=4, batched=batched, progress=seen.append)
+    assert seen and seen[-1]["done"] == 3  # one by one, every trial is counted too
+    dones = [p["done"] for p in seen]
+    assert dones == sorted(dones) and all(0 <= p["active"] <= 3 for p in seen)

@@ -342,3 +342,16 @@ def test_resolve_device():
     with pytest.raises(ValueError, match="tpu") as info:
         training.resolve_device("tpu")
     assert "auto" in str(info.value)
+
+
+def test_progress_log_is_throttled_but_always_logs_the_end(caplog) -> None:
+    log = training.ProgressLog("retrain x", total=3, every_s=3600)
+    with caplog.at_level("INFO", logger="prunetime"):
+        log({"step": 1, "active": 3, "done": 0})
+        log({"step": 2, "active": 2, "done": 1})  # within the interval: dropped
+        log({"step": 9, "active": 0, "done": 3})  # the end: always logged
+        log(5, 10)  # the dense-training form, still throttled
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2
+    assert lines[0].startswith("retrain x: step 1, active 3, done 0 of 3 trials")
+    assert "done 3 of 3 trials" in lines[1]

@@ -285,6 +285,9 @@ def retrain_trials(
     size = max(1, min(len(trials), group_bytes // per_trial)) if batched else 1
     chunk = max(1, min(len(evalset), group_bytes // (4 * act * size)))
     results: list[TrialResult | None] = [None] * len(trials)
+    # One loop over all groups: its state is keyed by trial index, and its count of finished
+    # trials is what the progress lines report.
+    loop = _Loop(train, evalset, target_loss, eps, divergence_factor, chunk, progress, on_result)
     for start in range(0, len(trials), size):
         group = list(range(start, min(start + size, len(trials))))
         specs = [trials[i] for i in group]
@@ -308,9 +311,6 @@ def retrain_trials(
             StackedOptimizer(optimizer, params, lr, momentum),
             group,
             batched and len(group) > 1,
-        )
-        loop = _Loop(
-            train, evalset, target_loss, eps, divergence_factor, chunk, progress, on_result
         )
         for tid, res in loop.run(ens, 0, max_iters, check_every, initial=True).items():
             results[tid] = res
@@ -406,7 +406,6 @@ class _Loop:
                 if pos not in found:
                     self.curves[tid].append((t, losses[pos]))
             if initial:
-                self.done += len(found)
                 self._report(out, [ens.ids[pos] for pos in found])
             if found:
                 rest = [pos for pos in range(len(ens.ids)) if pos not in found]
@@ -422,6 +421,8 @@ class _Loop:
                     loss = self.curves[tid][-1][1]
                     out[tid] = TrialResult(t, "capped", loss, ens.state_of(pos), self.curves[tid])
                     self._report(out, [tid])
+            if self.progress is not None:
+                self.progress({"step": t, "active": 0, "done": self.done})
         return out
 
     def _side(self, loss: float) -> int:
@@ -431,6 +432,8 @@ class _Loop:
         return -1 if loss < self.target - self.eps else 0
 
     def _report(self, out: dict[int, TrialResult], tids: list[int]) -> None:
+        """Count the trials that finished and hand their results on."""
+        self.done += len(tids)
         if self.on_result is not None:
             for tid in tids:
                 self.on_result(tid, out[tid])

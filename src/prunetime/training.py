@@ -51,7 +51,8 @@ class ProgressLog:
     def __call__(self, info: dict[str, Any] | int, total: int | None = None) -> None:
         """``info``: a dict of fields (ensemble) or the current step of ``total`` (dense)."""
         now = time.monotonic()
-        if now - self.last < self.every_s:
+        final = isinstance(info, dict) and info.get("active") == 0  # always log the end
+        if now - self.last < self.every_s and not final:
             return
         self.last = now
         if isinstance(info, dict):
