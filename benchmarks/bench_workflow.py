@@ -104,6 +104,7 @@ def cores() -> None:
     walls = {}
     with tempfile.TemporaryDirectory() as tmp:
         for n in (1, 2):
+            (Path(tmp) / f"c{n}").mkdir()
             wd = project_copy(Path(tmp) / f"c{n}")
             prep = [sys.executable, "-m", "snakemake", "--cores", "1", "--configfile"]
             # data preparation is shared set-up, not part of the comparison
