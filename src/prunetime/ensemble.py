@@ -369,7 +369,8 @@ class _Loop:
                 if not keep:
                     return out
                 ens = ens.select(keep)
-        snap, t_snap = ens.snapshot(), t0
+        # Snapshots exist only to replay a window; checking every step never replays.
+        snap, t_snap = (ens.snapshot() if every > 1 else None), t0
         t = t0
         while ens.ids and t < t_end:
             t += 1
@@ -412,7 +413,7 @@ class _Loop:
                 if not rest:
                     break
                 ens = ens.select(rest)
-            snap, t_snap = ens.snapshot(), t
+            snap, t_snap = (ens.snapshot() if every > 1 else None), t
             if self.progress is not None and initial:
                 self.progress({"step": t, "active": len(ens.ids), "done": self.done})
         if initial:
