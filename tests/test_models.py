@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from prunetime.models import (
@@ -11,6 +12,7 @@ from prunetime.models import (
     build_model,
     count_params,
     init_weights,
+    max_pool2,
     register_model,
     weight_names,
 )
@@ -64,8 +66,34 @@ def test_layer_shapes_lenet5_paper():
     assert m.conv1.weight.shape == (6, 1, 5, 5) and m.conv2.weight.shape == (16, 6, 5, 5)
     assert m.fc1.weight.shape == (84, 784) and m.fc2.weight.shape == (10, 84)
     # 'same' padding keeps 28x28 before the first pool: 16 * 7 * 7 = 784 after two pools
-    feats = m.pool(torch.relu(m.conv2(m.pool(torch.relu(m.conv1(torch.zeros(1, 1, 28, 28)))))))
+    feats = max_pool2(torch.relu(m.conv2(max_pool2(m.conv1(torch.zeros(1, 1, 28, 28))))))
     assert feats.shape == (1, 16, 7, 7)
+
+
+@pytest.mark.parametrize("shape", [(3, 6, 28, 28), (2, 16, 14, 14), (2, 4, 7, 9)])
+def test_max_pool2_equals_max_pool2d(shape):
+    # The strided no-grad path must give max_pool2d's values exactly (odd maps: max_pool2d).
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    x[0, 0, :2, :2] = 1.5  # a tie inside one window
+    with torch.no_grad():
+        assert torch.equal(max_pool2(x), F.max_pool2d(x, 2))
+    # With autograd it is max_pool2d itself, ties routed to one input.
+    xg = x.clone().requires_grad_(True)
+    max_pool2(xg).sum().backward()
+    xr = x.clone().requires_grad_(True)
+    F.max_pool2d(xr, 2).sum().backward()
+    assert torch.equal(xg.grad, xr.grad)
+
+
+@pytest.mark.parametrize("name", ["lenet5", "lenet5_classic"])
+def test_conv_forward_same_with_and_without_grad(name):
+    # Evaluation (no_grad, strided pooling) and training forward give identical logits.
+    torch.manual_seed(0)
+    m = build_model(name)
+    x = torch.rand(16, 784)
+    with torch.no_grad():
+        fast = m(x)
+    assert torch.equal(fast, m(x).detach())
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_WEIGHTS))

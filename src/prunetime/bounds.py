@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from prunetime.data import Split
@@ -20,11 +19,9 @@ from prunetime.data import Split
 
 def grad_sq_norms(model: nn.Module, split: Split, names: Sequence[str]) -> dict[str, float]:
     """Per-layer ||dL/dW_l||^2 of the mean cross-entropy on ``split`` (one full-batch gradient)."""
-    params = dict(model.named_parameters())
-    model.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(model(split.x), split.y)
-    grads = torch.autograd.grad(loss, [params[n] for n in names])
-    return {n: float(g.double().pow(2).sum()) for n, g in zip(names, grads, strict=True)}
+    from prunetime.curvature import grad_vectors
+
+    return {n: float(g.pow(2).sum()) for n, g in grad_vectors(model, split, names).items()}
 
 
 def sq_distance(

@@ -35,11 +35,20 @@ def grad_vectors(model: nn.Module, split: Split, names: Sequence[str]) -> dict[s
     The same computation as :func:`prunetime.bounds.grad_sq_norms`, kept as tensors (on the
     CPU, float64) so differences of gradients can be taken.
     """
+    from prunetime.training import EVAL_CHUNK
+
     params = dict(model.named_parameters())
+    wanted = [params[n] for n in names]
     model.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(model(split.x), split.y)
-    grads = torch.autograd.grad(loss, [params[n] for n in names])
-    return {n: g.detach().cpu().double() for n, g in zip(names, grads, strict=True)}
+    total = [torch.zeros_like(p) for p in wanted]
+    # Chunked like every evaluation (cache-sized passes); the chunks' summed losses over the
+    # split's size give the full-batch mean's gradient.
+    for start in range(0, len(split), EVAL_CHUNK):
+        x, y = split.x[start : start + EVAL_CHUNK], split.y[start : start + EVAL_CHUNK]
+        loss = F.cross_entropy(model(x), y, reduction="sum") / len(split)
+        for acc, g in zip(total, torch.autograd.grad(loss, wanted), strict=True):
+            acc += g
+    return {n: g.detach().cpu().double() for n, g in zip(names, total, strict=True)}
 
 
 def sq_norm(vec: Mapping[str, torch.Tensor], names: Sequence[str] | None = None) -> float:

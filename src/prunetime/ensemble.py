@@ -272,7 +272,7 @@ def retrain_trials(
     Trials are batched in groups whose activations and optimizer state fit ``group_bytes``.
     ``on_result(index, result)`` is called as soon as a trial finishes (to journal it).
     """
-    from prunetime.training import BatchStream
+    from prunetime.training import EVAL_CHUNK, BatchStream
 
     if check_every < 1:
         raise ValueError(f"check_every={check_every} must be >= 1")
@@ -283,7 +283,7 @@ def retrain_trials(
     n_params = sum(v.numel() for v in trials[0].state.values())
     per_trial = 4 * (8 * n_params + 4 * batch_size * act)
     size = max(1, min(len(trials), group_bytes // per_trial)) if batched else 1
-    chunk = max(1, min(len(evalset), group_bytes // (4 * act * size)))
+    chunk = max(1, min(len(evalset), EVAL_CHUNK, group_bytes // (4 * act * size)))
     results: list[TrialResult | None] = [None] * len(trials)
     # One loop over all groups: its state is keyed by trial index, and its count of finished
     # trials is what the progress lines report.

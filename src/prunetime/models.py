@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 ModelFactory = Callable[[], nn.Module]
@@ -25,6 +26,21 @@ def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
         return factory
 
     return deco
+
+
+def max_pool2(x: torch.Tensor) -> torch.Tensor:
+    """2x2 max pooling (stride 2) of an NCHW map, fast where no gradient is needed.
+
+    Convergence checks and evaluations run the network under ``no_grad`` thousands of times;
+    there, the maximum of the four strided quarter views gives exactly max_pool2d's values
+    several times faster on CPU. With autograd, max_pool2d itself is used: its backward is
+    cheaper and routes a tie to one input, as training always did.
+    """
+    h, w = x.shape[-2:]
+    if x.requires_grad or h % 2 or w % 2:
+        return F.max_pool2d(x, 2)
+    rows = torch.maximum(x[..., 0::2, :], x[..., 1::2, :])
+    return torch.maximum(rows[..., 0::2], rows[..., 1::2])
 
 
 class LeNet300100(nn.Module):
@@ -53,12 +69,12 @@ class LeNet5Paper(nn.Module):
         self.conv2 = nn.Conv2d(6, 16, 5, padding=2)
         self.fc1 = nn.Linear(16 * 7 * 7, 84)
         self.fc2 = nn.Linear(84, 10)
-        self.pool = nn.MaxPool2d(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.reshape(x.shape[0], 1, 28, 28)
-        x = self.pool(torch.relu(self.conv1(x)))
-        x = self.pool(torch.relu(self.conv2(x)))
+        # relu(pool(.)) == pool(relu(.)) exactly (both monotone); relu on the smaller map.
+        x = torch.relu(max_pool2(self.conv1(x)))
+        x = torch.relu(max_pool2(self.conv2(x)))
         x = torch.relu(self.fc1(x.flatten(1)))
         return self.fc2(x)
 
@@ -73,12 +89,12 @@ class LeNet5Classic(nn.Module):
         self.fc1 = nn.Linear(16 * 5 * 5, 120)
         self.fc2 = nn.Linear(120, 84)
         self.fc3 = nn.Linear(84, 10)
-        self.pool = nn.MaxPool2d(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.reshape(x.shape[0], 1, 28, 28)
-        x = self.pool(torch.relu(self.conv1(x)))
-        x = self.pool(torch.relu(self.conv2(x)))
+        # relu(pool(.)) == pool(relu(.)) exactly (both monotone); relu on the smaller map.
+        x = torch.relu(max_pool2(self.conv1(x)))
+        x = torch.relu(max_pool2(self.conv2(x)))
         x = torch.relu(self.fc1(x.flatten(1)))
         x = torch.relu(self.fc2(x))
         return self.fc3(x)

@@ -23,11 +23,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jacrev, jvp, vmap
 
-from prunetime.models import LeNet5Classic, LeNet5Paper, LeNet300100
+from prunetime.models import LeNet5Classic, LeNet5Paper, LeNet300100, max_pool2
 
 NORMS = ("fro", "spectral")
 Tensor = torch.Tensor
@@ -55,7 +54,7 @@ def _ident(y: Tensor) -> Tensor:
 
 
 def _relu_pool(y: Tensor) -> Tensor:
-    return F.max_pool2d(torch.relu(y), 2)
+    return max_pool2(torch.relu(y))
 
 
 def stages(model: nn.Module) -> list[Stage]:
