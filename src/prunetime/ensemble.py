@@ -71,19 +71,27 @@ class StackedOptimizer:
         """Update ``params`` in place from their ``.grad`` (one step for every trial)."""
         self.t += 1
         with torch.no_grad():
-            # One foreach call per operation over all tensors (fewer dispatches), and Adam's
-            # denominator sqrt(v / bc2) + eps as (sqrt(v) + eps * c) / c, c = sqrt(bc2),
-            # with 1/c folded into the step size: one pass less over the parameters.
             ps = list(params.values())
             gs = [p.grad for p in ps]
             sts = [self.state[k] for k in params]
             if self.name == "adam":
                 b1, b2, eps = 0.9, 0.999, 1e-8
-                bc1, c = 1 - b1**self.t, math.sqrt(1 - b2**self.t)
                 for st, p in zip(sts, ps, strict=True):
                     if not st:
                         st["m"], st["v"] = torch.zeros_like(p), torch.zeros_like(p)
                 ms, vs = [st["m"] for st in sts], [st["v"] for st in sts]
+                if ps[0].device.type in ("cpu", "cuda"):
+                    # torch.optim's fused Adam kernel (one pass over p, g, m, v instead of
+                    # six): it reads the step count from a tensor and does not advance it.
+                    step = torch.tensor(float(self.t), device=ps[0].device)
+                    torch._fused_adam_(
+                        ps, gs, ms, vs, [], [step] * len(ps), lr=self.lr, beta1=b1, beta2=b2,
+                        weight_decay=0.0, eps=eps, amsgrad=False, maximize=False,
+                    )  # fmt: skip
+                    return
+                # Elsewhere, one foreach call per operation over all tensors, with the
+                # denominator sqrt(v / bc2) + eps as (sqrt(v) + eps * c) / c, c = sqrt(bc2).
+                bc1, c = 1 - b1**self.t, math.sqrt(1 - b2**self.t)
                 torch._foreach_lerp_(ms, gs, 1 - b1)
                 torch._foreach_mul_(vs, b2)
                 torch._foreach_addcmul_(vs, gs, gs, 1 - b2)
