@@ -20,6 +20,7 @@ from prunetime.pruning import (
     fold_coefficients,
     kept_units,
     param_counts,
+    unit_compaction,
     unit_layers,
 )
 from prunetime.training import make_optimizer, train_step
@@ -470,3 +471,95 @@ def test_pruning_data_is_a_fixed_seeded_subset_of_the_training_split():
     assert len(set(a.tolist())) == 50 and int(a.max()) < 1000 and torch.equal(a, a.sort().values)
     with pytest.raises(ValueError, match="pruning.data.size"):
         pruning_indices(1000, 1001, 0)
+
+
+# --------------------------------------------------------------------------- compaction
+
+
+@pytest.mark.parametrize("arch", list(MODELS))
+@pytest.mark.parametrize("method", NODE_METHODS)
+def test_unit_compaction_cuts_out_exactly_the_removed_units(arch, method):
+    from torch.func import functional_call
+
+    model = _model(arch)
+    masks, _ = _prune(model, method, 0.6)
+    comp = unit_compaction(model, masks)
+    assert comp is not None
+    state = {k: v.detach() for k, v in model.named_parameters()}
+    small = comp.shrink(state)
+    reference = compact_state(model, masks)
+    assert set(small) == set(reference)
+    for k in small:
+        assert torch.equal(small[k], reference[k]), k
+    # back to full size: the masked tensors exactly, zeros where the units were
+    assert all(torch.equal(v, state[k]) for k, v in comp.expand(small).items())
+    # the smaller network computes the masked network's outputs through the same module
+    x = _data(16, seed=3).reshape(16, -1)
+    with torch.no_grad():
+        out_small, out_full = functional_call(model, small, (x,)), model(x)
+    assert out_small.shape == out_full.shape
+    assert torch.allclose(out_small, out_full, atol=1e-5 * float(out_full.abs().max()))
+    # masks shrink the same way; within the kept units nothing is masked
+    assert all(bool(m.all()) for m in comp.shrink(masks).values())
+
+
+def test_unit_compaction_only_for_whole_unit_removal():
+    model = _model("lenet300100")
+    masks, _ = _prune(model, "random", 0.5)  # connection level: no unit goes whole
+    assert unit_compaction(model, masks) is None
+    node, _ = _prune(_model("lenet300100"), "random_node", 0.5)
+    assert unit_compaction(model, {}) is None
+    # a removed row whose bias survives is not a removed unit
+    partial = {k: v.clone() for k, v in node.items()}
+    gone = int(torch.nonzero(~partial["fc1.bias"])[0])
+    partial["fc1.bias"][gone] = True
+    assert unit_compaction(model, partial) is None
+    # nor one whose outgoing column survives
+    partial = {k: v.clone() for k, v in node.items()}
+    partial["fc2.weight"][:, gone] = True
+    assert unit_compaction(model, partial) is None
+
+
+@pytest.mark.parametrize(("arch", "n_trials"), [("lenet300100", 3), ("lenet5", 1)])
+def test_retraining_the_smaller_network_equals_masked_retraining(arch, n_trials):
+    from prunetime.data import Split
+    from prunetime.ensemble import TrialSpec, retrain_trials
+    from prunetime.study import _compact
+
+    g = torch.Generator().manual_seed(5)
+    train = Split(torch.rand(256, 784, generator=g), torch.randint(0, 10, (256,), generator=g))
+    evalset = Split(torch.rand(64, 784, generator=g), torch.randint(0, 10, (64,), generator=g))
+    model = _model(arch)
+    dense = {k: v.detach().clone() for k, v in model.named_parameters()}
+
+    def specs() -> list[TrialSpec]:
+        out = []
+        for t in range(n_trials):
+            m = copy.deepcopy(model)
+            masks, _ = _prune(m, "random_node", 0.5, seed=10 + t)
+            state = {k: v.detach().clone() for k, v in m.named_parameters()}
+            out.append(TrialSpec(state, masks, torch.Generator().manual_seed(t)))
+        return out
+
+    def run(trials):
+        return retrain_trials(
+            model, trials, train, evalset, target_loss=0.0, eps=1e-9, optimizer="adam",
+            lr=0.01, batch_size=32, max_iters=25,
+        )  # fmt: skip
+
+    full = run(specs())
+    small_specs = specs()
+    comps = _compact(model, small_specs)
+    assert comps is not None and all(s.masks is None for s in small_specs)
+    assert small_specs[0].state["fc1.weight"].shape[0] < dense["fc1.weight"].shape[0]
+    small = run(small_specs)
+    for a, b, c in zip(full, small, comps, strict=True):
+        assert a.iterations == b.iterations == 25 and a.status == b.status == "capped"
+        la, lb = [v for _, v in a.eval_losses], [v for _, v in b.eval_losses]
+        assert la == pytest.approx(lb, rel=1e-5, abs=1e-6)
+        back = c.expand(b.state)
+        # Float summation order only; Adam's 1/sqrt(v) can move an entry whose gradient is
+        # near zero by a few 1e-5 (the batched ensemble's tolerance, tests/test_ensemble.py).
+        for k in a.state:
+            assert torch.allclose(a.state[k], back[k], atol=1e-4, rtol=0), k
+            assert torch.equal(back[k] == 0, a.state[k] == 0) or k.endswith("bias"), k

@@ -288,6 +288,87 @@ def compact_state(model: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str,
     return out
 
 
+@dataclass
+class UnitCompaction:
+    """Where the kept units of a node-pruned network sit in its full-size tensors.
+
+    A removed unit has no incoming weights, bias or outgoing weights, so with its entries
+    masked it contributes exact zeros: training the masked network and training the
+    physically smaller one are the same computation (up to float summation order), and the
+    smaller one costs fewer FLOPs in every step and check. ``keep`` lists, per tensor, the
+    (dim, kept indices) pairs to cut along.
+    """
+
+    keep: dict[str, list[tuple[int, torch.Tensor]]]
+    shapes: dict[str, torch.Size]
+
+    def shrink(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The removed units cut out of full-size tensors (weights, masks, optimizer state)."""
+        out = {}
+        for name, t in tensors.items():
+            for dim, idx in self.keep.get(name, []):
+                t = t.index_select(dim, idx.to(t.device))
+            out[name] = t
+        return out
+
+    def expand(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Compact tensors back at full size, zeros where the removed units were."""
+        out = {}
+        for name, t in tensors.items():
+            if name not in self.keep:
+                out[name] = t
+                continue
+            full = t.new_zeros(self.shapes[name])
+            index: list[Any] = [slice(None)] * full.dim()
+            cuts = dict(self.keep[name])
+            if 0 in cuts and 1 in cuts:  # rows and columns: broadcast to the kept block
+                index[0], index[1] = cuts[0].to(t.device)[:, None], cuts[1].to(t.device)
+            else:
+                for dim, idx in cuts.items():
+                    index[dim] = idx.to(t.device)
+            full[tuple(index)] = t
+            out[name] = full
+        return out
+
+
+def unit_compaction(model: nn.Module, masks: dict[str, torch.Tensor]) -> UnitCompaction | None:
+    """The compaction of ``model`` under ``masks``, or None unless they remove whole units.
+
+    None for connection-level masks (even one that empties a row keeps that unit's bias) and
+    when no unit is removed: only a unit whose row, bias and outgoing columns are all masked
+    can be cut out without changing the network.
+    """
+    params = dict(model.named_parameters())
+    keep = kept_units(model, masks)
+    plan: dict[str, list[tuple[int, torch.Tensor]]] = {}
+    for ul in unit_layers(model):
+        kept = keep[ul.name].cpu()
+        if len(kept) == ul.units:
+            continue
+        if len(kept) == 0:
+            return None
+        gone = torch.ones(ul.units, dtype=torch.bool)
+        gone[kept] = False
+        bias = f"{ul.name}.bias"
+        if bias in params and (bias not in masks or masks[bias].cpu()[gone].any()):
+            return None
+        out_mask = masks.get(f"{ul.consumer}.weight")
+        if out_mask is None:
+            return None
+        cols = (kept[:, None] * ul.per_unit + torch.arange(ul.per_unit)).flatten()
+        removed_cols = torch.ones(out_mask.shape[1], dtype=torch.bool)
+        removed_cols[cols] = False
+        if out_mask.cpu()[:, removed_cols].any():
+            return None
+        plan.setdefault(f"{ul.name}.weight", []).append((0, kept))
+        if bias in params:
+            plan.setdefault(bias, []).append((0, kept))
+        plan.setdefault(f"{ul.consumer}.weight", []).append((1, cols))
+    if not plan:
+        return None
+    return UnitCompaction(plan, {k: params[k].shape for k in plan})
+
+
 def param_counts(model: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, int]:
     """Exact parameter counts (weights + biases) of the dense and of the pruned network."""
     names = set(weight_names(model))

@@ -25,6 +25,7 @@ from prunetime.journal import TrialJournal
 from prunetime.models import build_model, init_weights, weight_names
 from prunetime.pruning import (
     PRUNERS,
+    UnitCompaction,
     apply_pruning,
     build_pruner,
     kept_units,
@@ -32,6 +33,7 @@ from prunetime.pruning import (
     param_counts,
     resolve_layers,
     selected_unit_layers,
+    unit_compaction,
     unpack_masks,
 )
 from prunetime.training import ProgressLog, evaluate, resolve_device, train_dense
@@ -451,6 +453,7 @@ def run_retrain(
     if journal.records:
         log.info("resumed %d finished trial(s) from the journal", len(journal.records))
     todo = [t for t in range(len(pruned["trials"])) if t not in journal]
+    template = _model_from_state(arch, ckpt["w_star"], device)
     specs = []
     for trial in todo:
         rec = pruned["trials"][trial]
@@ -463,14 +466,15 @@ def run_retrain(
             derive_seed(seed, arch_name, method_name, fmt_amount(amount), trial, "retrain")
         )
         specs.append(TrialSpec(start, masks if masked else None, gen))
-    template = _model_from_state(arch, ckpt["w_star"], device)
+    compactions = _compact(template, specs) if masked else None
     n_train = len(train)
     t0 = time.perf_counter()
 
     def finished(index: int, res: TrialResult) -> None:
         """Evaluate and journal a trial as soon as it stops (a killed job keeps it)."""
         trial = todo[index]
-        model = _model_from_state(arch, res.state, device)
+        state = compactions[index].expand(res.state) if compactions else res.state
+        model = _model_from_state(arch, state, device)
         val_loss, val_acc = evaluate(model, val)
         test_loss, test_acc = evaluate(model, test)
         row = {
@@ -522,6 +526,33 @@ def run_retrain(
     write_csv(out_table, rows)
     journal.discard()
     return rows
+
+
+def _compact(template: torch.nn.Module, specs: list[TrialSpec]) -> list[UnitCompaction] | None:
+    """Retrain node-pruned trials as the physically smaller networks (specs edited in place).
+
+    Every step and check then costs the FLOPs of the kept units only; the trained weights
+    are expanded back to full size afterwards. Only when every trial's masks remove whole
+    units and all trials keep the same number per layer (their tensors are stacked);
+    otherwise the trials are retrained at full size with their masks, as before.
+    """
+    comps = [unit_compaction(template, s.masks) if s.masks else None for s in specs]
+    if not comps or any(c is None for c in comps):
+        return None
+    small = [c.shrink(s.state) for c, s in zip(comps, specs, strict=True)]  # type: ignore[union-attr]
+    shapes = {tuple((k, tuple(v.shape)) for k, v in st.items()) for st in small}
+    if len(shapes) > 1:
+        return None
+    masks = [c.shrink(s.masks) for c, s in zip(comps, specs, strict=True)]  # type: ignore[union-attr,arg-type]
+    # Within the kept units node masks are all ones: no masking left to do.
+    keep_masks = any(not bool(m.all()) for ms in masks for m in ms.values())
+    for spec, st, ms in zip(specs, small, masks, strict=True):
+        spec.state, spec.masks = st, (ms if keep_masks else None)
+    log.info(
+        "retraining the physically smaller networks (removed units cut out): %s",
+        ", ".join(f"{k} {list(v.shape)}" for k, v in small[0].items() if k.endswith("weight")),
+    )
+    return comps  # type: ignore[return-value]
 
 
 def _digest(path: Path) -> str:
