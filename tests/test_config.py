@@ -18,7 +18,7 @@ def _arch(**sections) -> dict:
     return {"architectures": {"a": {"model": "lenet300100", **sections}}}
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "quick.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "quick.yaml", "section_a.yaml"])
 def test_shipped_configs_load(repo_root, name):
     raw = yaml.safe_load((repo_root / "config" / name).read_text())
     cfg = load_config(repo_root / "config" / name)
@@ -51,6 +51,20 @@ def test_paper_preset_matches_theory(repo_root):
     assert lenet5["retrain"]["eps"] == 1.0 and lenet5["retrain"]["max_iters"] == 150
     assert cfg["pruning"]["amounts"] == pytest.approx([0.1 * i for i in range(1, 10)])
     assert cfg["pruning"]["trials"] == 50 and cfg["data"]["n_val"] == 5000
+
+
+def test_section_a_preset_is_the_paper_preset_with_connection_pruning_only(repo_root):
+    """config/section_a.yaml: THEORY.md section A's methods, everything else as the paper's."""
+    paper = load_config(repo_root / "config" / "config.yaml")
+    part = load_config(repo_root / "config" / "section_a.yaml")
+    assert part["pruning"]["methods"] == ["random", "magnitude"]
+    assert part["study"] != paper["study"]  # its own results folder and report
+    for cfg in (paper, part):
+        cfg.pop("study")
+        cfg["pruning"].pop("methods")
+        for method in ("clustered", "greedy_node"):
+            cfg["pruning"].pop(method, None)
+    assert part == paper
 
 
 def test_defaults_filled_for_minimal_config():
