@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunetime.data import Split
+from prunetime.data import EVAL_CHUNK, Split
 
 ESTIMATORS = {"connection": "secant", "node": "pl"}
 
@@ -35,8 +35,6 @@ def grad_vectors(model: nn.Module, split: Split, names: Sequence[str]) -> dict[s
     The same computation as :func:`prunetime.bounds.grad_sq_norms`, kept as tensors (on the
     CPU, float64) so differences of gradients can be taken.
     """
-    from prunetime.training import EVAL_CHUNK
-
     params = dict(model.named_parameters())
     wanted = [params[n] for n in names]
     model.zero_grad(set_to_none=True)

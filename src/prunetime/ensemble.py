@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from prunetime.data import Split
+from prunetime.data import EVAL_CHUNK, Split
 
 Tensors = dict[str, torch.Tensor]
 
@@ -280,7 +280,7 @@ def retrain_trials(
     Trials are batched in groups whose activations and optimizer state fit ``group_bytes``.
     ``on_result(index, result)`` is called as soon as a trial finishes (to journal it).
     """
-    from prunetime.training import EVAL_CHUNK, BatchStream
+    from prunetime.training import BatchStream
 
     if check_every < 1:
         raise ValueError(f"check_every={check_every} must be >= 1")

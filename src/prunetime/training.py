@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunetime.data import Split
+from prunetime.data import EVAL_CHUNK, Split
 from prunetime.io import load_torch, save_torch
 
 
@@ -142,12 +142,6 @@ class BatchStream:
 
 def batches(n: int, batch_size: int, generator: torch.Generator) -> BatchStream:
     return BatchStream(n, batch_size, generator)
-
-
-# Samples per forward pass when evaluating. Small chunks keep each layer's output in cache:
-# a LeNet-5 evaluation of 10k images ran 3.5x faster in chunks of 256 than in one pass, and
-# the 50-trial LeNet-300-100 ensemble's check 1.4x faster (benchmarks/README.md).
-EVAL_CHUNK = 256
 
 
 @torch.no_grad()
