@@ -162,11 +162,18 @@ def method_options(config: dict[str, Any], method_name: str) -> dict[str, Any]:
     return {}
 
 
-def use_ensemble(setting: bool | str, model: torch.nn.Module) -> bool:
-    """``retrain.ensemble``: ``auto`` batches the trials of fully connected networks only,
-    where it measured >= 1.5x faster; vmap makes convs grouped convs, slower on a CPU."""
+def use_ensemble(setting: bool | str, model: torch.nn.Module, device: str = "cpu") -> bool:
+    """``retrain.ensemble``: ``auto`` batches the trials of fully connected networks on a GPU.
+
+    On the CPU a step is FLOP-bound once evaluation runs in cache-sized chunks: 50 batched
+    LeNet-300-100 trials measured 0.92x the speed of the same trials one by one, below the
+    1.5x that would justify it (benchmarks/README.md). On a GPU batching removes the
+    per-kernel launch cost that dominates such small networks. vmap turns convs into
+    grouped convs, which were 2x slower, so conv networks always run one by one.
+    """
     if setting == "auto":
-        return not any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+        conv = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+        return device.startswith("cuda") and not conv
     return bool(setting)
 
 
@@ -516,7 +523,7 @@ def run_retrain(
         momentum=rt["momentum"],
         divergence_factor=rt["divergence_factor"],
         check_every=config["retrain"]["check_every"],
-        batched=use_ensemble(config["retrain"]["ensemble"], template),
+        batched=use_ensemble(config["retrain"]["ensemble"], template, device),
         progress=progress,
         on_result=finished,
     )
