@@ -126,3 +126,30 @@ def test_epoch_bound_columns_of_the_runs_table():
         assert np.allclose(g["gamma_ep_fit"], gamma), method
         assert np.allclose(g["lower_ep_fit"], gamma * g["lower_ep_g1"])
         assert (used["epochs"] >= used["lower_ep_fit"] - 1e-12).all()
+
+
+@pytest.mark.parametrize("arch", ["lenet300100", "lenet5"])
+def test_chunked_gradient_and_evaluation_equal_one_pass(arch):
+    # 600 samples span three evaluation chunks (the last one partial): the accumulated
+    # gradient and the chunked loss and accuracy must equal a single full-batch pass.
+    import torch.nn.functional as F
+
+    from prunetime.data import EVAL_CHUNK, Split
+    from prunetime.training import evaluate
+
+    g = torch.Generator().manual_seed(0)
+    n = 600
+    assert n > 2 * EVAL_CHUNK and n % EVAL_CHUNK
+    split = Split(torch.rand(n, 784, generator=g), torch.randint(0, 10, (n,), generator=g))
+    model = build_model(arch)
+    names = weight_names(model)
+    got = curvature.grad_vectors(model, split, names)
+    params = dict(model.named_parameters())
+    ref = torch.autograd.grad(F.cross_entropy(model(split.x), split.y), [params[k] for k in names])
+    for k, r in zip(names, ref, strict=True):
+        assert torch.allclose(got[k], r.double(), rtol=1e-4, atol=1e-7), k
+    with torch.no_grad():
+        out = model(split.x)
+    loss, acc = evaluate(model, split)
+    assert loss == pytest.approx(float(F.cross_entropy(out, split.y)), rel=1e-5)
+    assert acc == int((out.argmax(1) == split.y).sum()) / n

@@ -80,24 +80,14 @@ class StackedOptimizer:
                     if not st:
                         st["m"], st["v"] = torch.zeros_like(p), torch.zeros_like(p)
                 ms, vs = [st["m"] for st in sts], [st["v"] for st in sts]
-                if ps[0].device.type in ("cpu", "cuda"):
-                    # torch.optim's fused Adam kernel (one pass over p, g, m, v instead of
-                    # six): it reads the step count from a tensor and does not advance it.
-                    step = torch.tensor(float(self.t), device=ps[0].device)
-                    torch._fused_adam_(
-                        ps, gs, ms, vs, [], [step] * len(ps), lr=self.lr, beta1=b1, beta2=b2,
-                        weight_decay=0.0, eps=eps, amsgrad=False, maximize=False,
-                    )  # fmt: skip
-                    return
-                # Elsewhere, one foreach call per operation over all tensors, with the
-                # denominator sqrt(v / bc2) + eps as (sqrt(v) + eps * c) / c, c = sqrt(bc2).
-                bc1, c = 1 - b1**self.t, math.sqrt(1 - b2**self.t)
-                torch._foreach_lerp_(ms, gs, 1 - b1)
-                torch._foreach_mul_(vs, b2)
-                torch._foreach_addcmul_(vs, gs, gs, 1 - b2)
-                denom = torch._foreach_sqrt(vs)
-                torch._foreach_add_(denom, eps * c)
-                torch._foreach_addcdiv_(ps, ms, denom, -self.lr * c / bc1)
+                # torch.optim's fused Adam kernel (one pass over p, g, m, v instead of six
+                # foreach passes; the devices prunetime runs on, CPU and CUDA, both have it).
+                # It reads the step count from a tensor and does not advance it.
+                step = torch.tensor(float(self.t), device=ps[0].device)
+                torch._fused_adam_(
+                    ps, gs, ms, vs, [], [step] * len(ps), lr=self.lr, beta1=b1, beta2=b2,
+                    weight_decay=0.0, eps=eps, amsgrad=False, maximize=False,
+                )  # fmt: skip
             else:
                 if self.momentum:
                     for st, g in zip(sts, gs, strict=True):

@@ -265,6 +265,16 @@ def kept_units(model: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, to
     return out
 
 
+def _unit_cuts(
+    ul: UnitLayer, kept: torch.Tensor, has_bias: bool
+) -> list[tuple[str, int, torch.Tensor]]:
+    """(tensor, dim, kept indices) that keep only ``kept`` units of ``ul``: the layer's rows
+    and bias entries, and its consumer's columns (``per_unit`` of them per unit)."""
+    cols = (kept[:, None] * ul.per_unit + torch.arange(ul.per_unit, device=kept.device)).flatten()
+    cuts = [(f"{ul.name}.weight", 0, kept), (f"{ul.consumer}.weight", 1, cols)]
+    return cuts + ([(f"{ul.name}.bias", 0, kept)] if has_bias else [])
+
+
 def compact_state(model: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The physically smaller network: removed units' rows, biases and columns cut out.
 
@@ -276,15 +286,8 @@ def compact_state(model: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str,
     out = {k: (v * masks[k].to(v.device) if k in masks else v) for k, v in params.items()}
     for ul in unit_layers(model):
         k = keep[ul.name].to(params[f"{ul.name}.weight"].device)
-        out[f"{ul.name}.weight"] = out[f"{ul.name}.weight"][k]
-        if f"{ul.name}.bias" in out:
-            out[f"{ul.name}.bias"] = out[f"{ul.name}.bias"][k]
-        w = out[f"{ul.consumer}.weight"]
-        if ul.per_unit == 1:
-            out[f"{ul.consumer}.weight"] = w[:, k]
-        else:
-            cols = (k[:, None] * ul.per_unit + torch.arange(ul.per_unit, device=k.device)).flatten()
-            out[f"{ul.consumer}.weight"] = w[:, cols]
+        for name, dim, idx in _unit_cuts(ul, k, f"{ul.name}.bias" in out):
+            out[name] = out[name].index_select(dim, idx)
     return out
 
 
@@ -355,15 +358,13 @@ def unit_compaction(model: nn.Module, masks: dict[str, torch.Tensor]) -> UnitCom
         out_mask = masks.get(f"{ul.consumer}.weight")
         if out_mask is None:
             return None
-        cols = (kept[:, None] * ul.per_unit + torch.arange(ul.per_unit)).flatten()
+        cuts = _unit_cuts(ul, kept, bias in params)
         removed_cols = torch.ones(out_mask.shape[1], dtype=torch.bool)
-        removed_cols[cols] = False
+        removed_cols[cuts[1][2]] = False
         if out_mask.cpu()[:, removed_cols].any():
             return None
-        plan.setdefault(f"{ul.name}.weight", []).append((0, kept))
-        if bias in params:
-            plan.setdefault(bias, []).append((0, kept))
-        plan.setdefault(f"{ul.consumer}.weight", []).append((1, cols))
+        for name, dim, idx in cuts:
+            plan.setdefault(name, []).append((dim, idx))
     if not plan:
         return None
     return UnitCompaction(plan, {k: params[k].shape for k in plan})
