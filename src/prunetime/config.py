@@ -101,12 +101,10 @@ def _check_consistency(config: dict[str, Any]) -> None:
             f"which is not in pruning.methods={pruning.get('methods')}; set it to false"
         )
     if "greedy_node" in pruning.get("methods", []) and config["architectures"]:
-        from prunetime.models import build_model
-        from prunetime.pruning import PRUNERS
+        from prunetime import catalog
 
-        cls = PRUNERS["greedy_node"]
         if not any(
-            cls.applies_to(build_model(a["model"])) for a in config["architectures"].values()
+            catalog.applies("greedy_node", a["model"]) for a in config["architectures"].values()
         ):
             raise ConfigError(
                 "config key 'pruning.methods': 'greedy_node' prunes fully connected "
@@ -125,10 +123,10 @@ def _check_consistency(config: dict[str, Any]) -> None:
                 f"config key {key!r}: {config[key]!r} must be a relative path inside the project"
             )
     if config["pruning"]["layers"] != "all":
-        from prunetime.models import build_model, weight_names
+        from prunetime import catalog
 
         for name, arch in config["architectures"].items():
-            names = weight_names(build_model(arch["model"]))
+            names = catalog.weight_names(arch["model"])
             bad = [
                 n
                 for n in config["pruning"]["layers"]

@@ -16,18 +16,15 @@ then retrained to the dense network's evaluation loss with the foundation's retr
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from prunetime.config import ConfigError
 from prunetime.data import MNIST_MEAN, MNIST_STD, Split, eval_indices
 from prunetime.gates import (
     BLOCK,
@@ -46,93 +43,23 @@ from prunetime.gates import (
     round_gates,
 )
 from prunetime.io import load_torch, read_json, save_torch, write_csv, write_json
+from prunetime.plan import (  # noqa: F401  (re-exported)
+    NETWORK_KEYS,
+    check_gates_config,
+    fmt_lambda,
+    gates_job_config,
+)
+from prunetime.plan import gates_params_json as params_json  # noqa: F401
 from prunetime.study import derive_seed, setup_torch
 from prunetime.training import BatchStream, evaluate
 
 # Keys of each network model with their defaults (the schema lists the union).
-NETWORK_KEYS = {
-    "resmlp": {"width": 64, "hidden": 128, "blocks": 4},
-    "resnet": {"width": 16, "depth": 8},
-}
 VARIANTS = {"combined": (True, True), "unit": (True, False), "layer": (False, True)}
 DENSE, MAGNITUDE = "dense", "magnitude"
 log = logging.getLogger("prunetime")
 
 
 # --------------------------------------------------------------------------- config
-
-
-def gates_job_config(config: dict[str, Any], stage: str) -> dict[str, Any]:
-    """The config slice one gates job depends on (a Snakemake param, so edits rerun it)."""
-    g = config["gates"]
-    common = {
-        "data": {"normalize": config["data"]["normalize"], "dataset": config["data"]["dataset"]},
-        "eval": config["eval"],
-        "gates": {k: g[k] for k in ("networks", "train_size", "train")},
-    }
-    if stage in ("train", "dense"):
-        if stage == "train":
-            common["gates"].update(complexity=g["complexity"], gates=g["gates"])
-        return common
-    if stage == "magnitude":
-        common["gates"]["magnitude"] = g["magnitude"]
-        return common
-    if stage in ("summary", "report"):
-        return {"gates": {"networks": g["networks"]}, "report": config["report"]}
-    raise ValueError(f"unknown gates stage {stage!r}")
-
-
-def params_json(config: dict[str, Any], stage: str) -> Callable[[Any], str]:
-    return lambda _wildcards: json.dumps(gates_job_config(config, stage), sort_keys=True)
-
-
-def fmt_lambda(lam: float) -> str:
-    """Canonical text of a lambda in file names and tables."""
-    return f"{lam:g}"
-
-
-def check_gates_config(config: dict[str, Any]) -> None:
-    """Consistency rules the schema cannot express; raise ConfigError naming the key."""
-    g = config["gates"]
-    if g["magnitude"]["enabled"] and "combined" not in g["variants"]:
-        raise ConfigError(
-            "config key 'gates.magnitude.enabled': true needs variant 'combined' in "
-            f"gates.variants={g['variants']} (its parameter count is the budget)"
-        )
-    if g["magnitude"]["enabled"] and not g["dense"]:
-        raise ConfigError(
-            "config key 'gates.magnitude.enabled': true needs gates.dense: true "
-            "(the dense network is what gets pruned)"
-        )
-    lams = [fmt_lambda(x) for x in g["lambdas"]]
-    if len(set(lams)) != len(lams):
-        raise ConfigError(f"config key 'gates.lambdas': {g['lambdas']} has duplicates")
-    n = g["train_size"]
-    if n is not None and g["train"]["batch_size"] > n:
-        raise ConfigError(
-            f"config key 'gates.train.batch_size': {g['train']['batch_size']} exceeds "
-            f"gates.train_size={n}"
-        )
-    for name, spec in g["networks"].items():
-        allowed = NETWORK_KEYS[spec["model"]]
-        extra = sorted(set(spec) - set(allowed) - {"model"})
-        if extra:
-            raise ConfigError(
-                f"config key 'gates.networks.{name}': {extra} do not apply to model "
-                f"{spec['model']!r}; allowed: {sorted(allowed)}"
-            )
-        for key, default in allowed.items():
-            spec.setdefault(key, default)
-        if spec["model"] == "resnet" and (spec["depth"] - 2) % 6:
-            raise ConfigError(
-                f"config key 'gates.networks.{name}.depth': {spec['depth']} is not 6n + 2 "
-                "(allowed: 8, 14, 20, ...)"
-            )
-    if config["data"]["dataset"] == "cifar10" and config["data"]["normalize"] != "unit":
-        raise ConfigError(
-            "config key 'data.normalize': 'standardize' uses MNIST statistics; "
-            "use 'unit' with dataset 'cifar10'"
-        )
 
 
 # --------------------------------------------------------------------------- data, model

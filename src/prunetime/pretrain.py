@@ -12,16 +12,13 @@ pandas, seaborn or torchvision; tables and figures live in :mod:`prunetime.thres
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from prunetime.config import ConfigError
 from prunetime.data import load_prepared
 from prunetime.greedy import (
     TwoLayerNet,
@@ -40,70 +37,13 @@ from prunetime.ntk import (
     smallest_eigenvalue,
     two_layer_ntk,
 )
+from prunetime.plan import check_pretrain_config, pretrain_job_config  # noqa: F401
+from prunetime.plan import pretrain_params_json as params_json  # noqa: F401
 from prunetime.study import derive_seed, setup_torch
 from prunetime.training import batches
 
 VARIANTS = {"with_replacement": True, "without_replacement": False}
 N_CLASSES = 10
-
-
-def pretrain_job_config(config: dict[str, Any], stage: str) -> dict[str, Any]:
-    """The slice of the validated config one pretrain job depends on (a Snakemake param).
-
-    m and the seed come from the job's wildcards, so adding an m adds only that m's jobs;
-    greedy, fine-tune and NTK settings reach only the selection jobs.
-    """
-    p = config["pretrain"]
-    out: dict[str, Any] = {
-        "data": {"normalize": config["data"]["normalize"]},
-        "pretrain": {"model": p["model"], "train": p["train"]},
-    }
-    if stage == "train":
-        out["pretrain"]["checkpoints"] = p["checkpoints"]
-    elif stage == "prune":
-        out["pretrain"].update(greedy=p["greedy"], finetune=p["finetune"], ntk=p["ntk"])
-    elif stage == "threshold":
-        out = {"pretrain": {"threshold": p["threshold"]}}
-    else:
-        raise ValueError(f"unknown pretrain stage {stage!r}")
-    return out
-
-
-def params_json(config: dict[str, Any], stage: str) -> Callable[[Any], str]:
-    """A Snakemake param function: the job's config slice as JSON, built only for DAG jobs."""
-    return lambda _wildcards: json.dumps(pretrain_job_config(config, stage), sort_keys=True)
-
-
-def check_pretrain_config(config: dict[str, Any]) -> None:
-    """Consistency rules the schema cannot express; raise ConfigError naming the key."""
-    p = config["pretrain"]
-    variants = p["greedy"]["variants"]
-    if p["threshold"]["variant"] not in variants:
-        raise ConfigError(
-            f"config key 'pretrain.threshold.variant': {p['threshold']['variant']!r} is not "
-            f"among pretrain.greedy.variants {variants}"
-        )
-    if "without_replacement" in variants and p["greedy"]["size"] > p["model"]["width"]:
-        raise ConfigError(
-            f"config key 'pretrain.greedy.size': {p['greedy']['size']} exceeds "
-            f"pretrain.model.width={p['model']['width']} (impossible without replacement)"
-        )
-    small = min(p["m"])
-    if p["train"]["method"] == "sgd" and p["train"]["batch_size"] > small:
-        raise ConfigError(
-            f"config key 'pretrain.train.batch_size': {p['train']['batch_size']} exceeds the "
-            f"smallest m={small}"
-        )
-    if p["ntk"]["subsample"] > small:
-        raise ConfigError(
-            f"config key 'pretrain.ntk.subsample': {p['ntk']['subsample']} exceeds the "
-            f"smallest m={small}"
-        )
-    if p["checkpoints"]["first"] > p["train"]["steps"]:
-        raise ConfigError(
-            f"config key 'pretrain.checkpoints.first': {p['checkpoints']['first']} exceeds "
-            f"pretrain.train.steps={p['train']['steps']}"
-        )
 
 
 def checkpoint_steps(steps: int, count: int, first: int = 1) -> list[int]:

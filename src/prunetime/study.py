@@ -23,8 +23,13 @@ from prunetime.ensemble import TrialResult, TrialSpec, retrain_trials
 from prunetime.io import load_torch, read_json, save_torch, write_csv, write_json
 from prunetime.journal import TrialJournal
 from prunetime.models import build_model, init_weights, weight_names
+from prunetime.plan import (  # noqa: F401  (re-exported: the job config of each stage)
+    fmt_amount,
+    job_combos,
+    job_config,
+    method_applies,
+)
 from prunetime.pruning import (
-    PRUNERS,
     UnitCompaction,
     apply_pruning,
     build_pruner,
@@ -41,58 +46,9 @@ from prunetime.training import ProgressLog, evaluate, resolve_device, train_dens
 log = logging.getLogger("prunetime")
 
 
-def job_config(
-    config: dict[str, Any], arch_name: str, stage: str, method: str | None = None
-) -> dict[str, Any]:
-    """The slice of the validated config one job depends on.
-
-    Rules pass it as a param: Snakemake reruns a job exactly when its slice changes, so
-    changing eps reruns retraining but not dense training or pruning. With ``method`` the
-    pruning slice holds only what that method reads: a deterministic method ignores
-    ``trials`` (it runs one), only ``random`` reads ``with_replacement`` and only
-    ``clustered`` and ``greedy_node`` their options.
-    """
-    arch = config["architectures"][arch_name]
-    out: dict[str, Any] = {
-        "data": {"normalize": config["data"]["normalize"]},
-        "eval": config["eval"],
-        "architectures": {arch_name: {"model": arch["model"]}},
-    }
-    sel = out["architectures"][arch_name]
-    pcfg = config["pruning"]
-    if stage == "dense":
-        sel.update(init=arch["init"], train=arch["train"])
-    elif stage == "netdev":
-        out["pruning"] = {"data": pcfg["data"]}
-        out["netdev"] = config["netdev"]
-    elif stage == "prune":
-        keys = ["layers", "data"]
-        cls = PRUNERS.get(method) if method is not None else None
-        if cls is None or cls.stochastic:
-            keys.append("trials")
-        if method in (None, "random"):
-            keys.append("with_replacement")
-        for name in ("clustered", "greedy_node"):
-            if method in (None, name):
-                keys.append(name)
-        out["pruning"] = {k: pcfg[k] for k in sorted(keys)}
-        out["netdev"] = config["netdev"]
-    elif stage == "retrain":
-        sel["retrain"] = arch["retrain"]
-        out["retrain"] = config["retrain"]
-    else:
-        raise ValueError(f"unknown stage {stage!r}")
-    return out
-
-
 def derive_seed(*parts: Any) -> int:
     """A stable 31-bit seed from any identifying parts (same parts -> same seed, any machine)."""
     return zlib.crc32("|".join(str(p) for p in parts).encode()) & 0x7FFFFFFF
-
-
-def fmt_amount(amount: float) -> str:
-    """Canonical text of a pruning amount, used in file names and tables."""
-    return f"{amount:g}"
 
 
 def setup_torch(device: str = "auto", threads: int = 1) -> str:
@@ -175,22 +131,6 @@ def use_ensemble(setting: bool | str, model: torch.nn.Module, device: str = "cpu
         conv = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
         return device.startswith("cuda") and not conv
     return bool(setting)
-
-
-def method_applies(config: dict[str, Any], arch_name: str, method_name: str) -> bool:
-    """Whether ``method_name`` can prune architecture ``arch_name`` (greedy_node: FC only)."""
-    model = build_model(config["architectures"][arch_name]["model"])
-    return PRUNERS[method_name].applies_to(model)
-
-
-def job_combos(config: dict[str, Any]) -> list[tuple[str, str]]:
-    """The (architecture, method) pairs the study runs: every pair a method applies to."""
-    return [
-        (arch, method)
-        for arch in config["architectures"]
-        for method in config["pruning"]["methods"]
-        if method_applies(config, arch, method)
-    ]
 
 
 def _model_from_state(

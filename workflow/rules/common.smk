@@ -6,8 +6,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
+from prunetime import catalog
 from prunetime.config import ConfigError, validate_config
-from prunetime.study import fmt_amount, job_combos, job_config
+from prunetime.plan import fmt_amount, job_combos, job_config
+
+# Facts about the registered models and methods, cached per source version, so that parsing
+# the workflow (every call, dry runs included) does not import torch.
+catalog.cache_dir = Path(".snakemake") / "prunetime"
 
 # A --configfile replaces config/config.yaml instead of being merged into it, so a preset
 # that drops an architecture or method really drops it. --config overrides still apply.

@@ -3,10 +3,10 @@
 # without gates (gates_dense), magnitude prune-then-retrain at the combined variant's
 # parameter count (gates_magnitude), then tables (gates_summary) and figures (gates_report).
 # Active when the config has a `gates` section.
-from prunetime.gates_study import (
+from prunetime.plan import (
     check_gates_config,
     fmt_lambda,
-    params_json as gates_params,
+    gates_params_json as gates_params,
 )
 
 GATES = f"{RES}/gates"

@@ -2,7 +2,7 @@
 # two-layer ReLU net with checkpoints (pretrain_train), run greedy forward selection at every
 # checkpoint (pretrain_prune), then estimate T*(m) and fit it against m (pretrain_threshold)
 # and draw the figures (pretrain_report). Active when the config has a `pretrain` section.
-from prunetime.pretrain import check_pretrain_config, params_json as pretrain_params
+from prunetime.plan import check_pretrain_config, pretrain_params_json as pretrain_params
 
 PRE = f"{RES}/pretrain"
 PRE_LOGS = f"{LOGS}/pretrain"

@@ -35,7 +35,7 @@ rule prune:
         masks=f"{RES}/prune/{{arch}}/seed{{seed}}/{{method}}/s{{amount}}.pt",
         table=f"{RES}/prune/{{arch}}/seed{{seed}}/{{method}}/s{{amount}}.csv",
     params:
-        # only what the job's method reads (study.job_config), so e.g. a clustered option
+        # only what the job's method reads (plan.job_config), so e.g. a clustered option
         # reruns clustered pruning only
         cfg=lambda wc: json.dumps(job_config(config, wc.arch, "prune", wc.method), sort_keys=True),
         device=DEVICE,
