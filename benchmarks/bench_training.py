@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from _common import add_mirror_arg  # noqa: E402  (puts the project's src on sys.path)
 from torch.utils.flop_counter import FlopCounterMode
 
-from prunetime.data import load_prepared, prepare_dataset  # noqa: E402
+from prunetime.data import Split, load_prepared, prepare_dataset  # noqa: E402
 from prunetime.models import build_model  # noqa: E402
 from prunetime.training import BatchStream, make_optimizer, train_step  # noqa: E402
 
@@ -54,18 +54,16 @@ def train_flops_per_sample(arch: str) -> float:
     return counter.get_total_flops() / BATCH
 
 
-def ours(arch: str, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
+def ours(arch: str, train: Split, steps: int) -> float:
     """Samples/s of prunetime's trainer (in-memory tensors, index batches)."""
     model = build_model(arch)
     opt = make_optimizer("adam", list(model.parameters()), 0.001)
-    stream = BatchStream(len(x), BATCH, torch.Generator().manual_seed(0))
+    stream = BatchStream(len(train), BATCH, torch.Generator().manual_seed(0))
     for _ in range(5):  # warm-up
-        idx = next(stream)
-        train_step(model, opt, x[idx], y[idx])
+        train_step(model, opt, *train.batch(next(stream)))
     t0 = time.perf_counter()
     for _ in range(steps):
-        idx = next(stream)
-        train_step(model, opt, x[idx], y[idx])
+        train_step(model, opt, *train.batch(next(stream)))
     return steps * BATCH / (time.perf_counter() - t0)
 
 
@@ -113,7 +111,6 @@ def main() -> None:
         # prepared uint8 tensors it yields (prunetime reads those; same normalisation).
         prepare_dataset("mnist", root, prepared, n_val=5000, split_seed=0, mirror=a.mirror)
         train = load_prepared(prepared, "standardize").train
-        x, y = train.x, train.y
         ceiling = matmul_gflops()
         print(f"threads {a.threads}; fp32 matmul ceiling {ceiling:.1f} GFLOP/s (2048^3, best of 5)")
         print(
@@ -123,7 +120,7 @@ def main() -> None:
         for arch in ("lenet300100", "lenet5"):
             fps = train_flops_per_sample(arch)
             rec = recipe(arch, root, a.steps)
-            our = ours(arch, x, y, a.steps)
+            our = ours(arch, train, a.steps)
             achieved = our * fps / 1e9
             print(
                 f"{arch:<12} {our:9.0f} {rec:9.0f} {our / rec:7.1f}x {achieved:8.1f} "

@@ -234,3 +234,19 @@ def test_split_subset():
     s = data.Split(torch.arange(10.0).reshape(10, 1), torch.arange(10))
     sub = s.subset(torch.tensor([7, 2]))
     assert len(sub) == 2 and sub.y.tolist() == [7, 2] and sub.x[:, 0].tolist() == [7.0, 2.0]
+
+
+def test_split_batch_gathers_the_same_rows_as_indexing(prepared_mnist):
+    """A minibatch from index_select equals advanced indexing, for one trial's batch and for
+    a (trials, batch) block of indices; labels stay aligned with their images."""
+    train = load_prepared(prepared_mnist["path"]).train
+    gen = torch.Generator().manual_seed(3)
+    idx = torch.randint(0, len(train), (128,), generator=gen)
+    x, y = train.batch(idx)
+    assert x.shape == (128, 1, 28, 28) and torch.equal(x, train.x[idx])
+    assert torch.equal(y, train.y[idx])
+    block = torch.randint(0, len(train), (4, 32), generator=gen)
+    xb, yb = train.batch(block)
+    assert xb.shape == (4, 32, 1, 28, 28) and torch.equal(xb, train.x[block])
+    assert torch.equal(yb, train.y[block])
+    assert torch.equal(xb[2, 5], train.x[block[2, 5]]) and yb[2, 5] == train.y[block[2, 5]]

@@ -255,6 +255,16 @@ class Split:
     def subset(self, idx: torch.Tensor) -> Split:
         return Split(self.x[idx], self.y[idx])
 
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and labels at ``idx`` (any shape of indices, leading the result's shape).
+
+        ``index_select`` instead of advanced indexing: the same rows, several times faster
+        for a minibatch on the CPU, where the gather was a tenth of a training step.
+        """
+        flat = idx.reshape(-1)
+        x = self.x.index_select(0, flat).view(*idx.shape, *self.x.shape[1:])
+        return x, self.y.index_select(0, flat).view(idx.shape)
+
 
 @dataclass
 class Prepared:

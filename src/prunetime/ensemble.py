@@ -152,7 +152,7 @@ class _Ensemble:
 
     def train_step(self, train: Split) -> None:
         idx = torch.stack([next(s) for s in self.streams])  # (trials, batch)
-        x, y = train.x[idx], train.y[idx]
+        x, y = train.batch(idx)
         if not self.batched:
             x = x[0]
         logits = self._forward(self.params, x, shared_x=False)

@@ -222,7 +222,7 @@ def train_gated(
         for _ in range(steps_per_epoch):
             step += 1
             idx = next(stream)
-            x, y = train.x[idx], train.y[idx]
+            x, y = train.batch(idx)
             model.resample(generator)
             for o in opts:
                 o.zero_grad(set_to_none=True)

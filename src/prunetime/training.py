@@ -229,7 +229,7 @@ def train_dense(
         curve.append({"step": 0, "train_loss": math.nan, "eval_loss": loss0, "eval_acc": acc0})
     for step in range(start, steps + 1):
         idx = next(stream)
-        running += train_step(model, opt, train.x[idx], train.y[idx])
+        running += train_step(model, opt, *train.batch(idx))
         count += 1
         if step % log_every == 0 or step == steps:
             loss, acc = evaluate(model, evalset)
