@@ -10,6 +10,7 @@ from torch import nn
 from prunetime.models import (
     MODELS,
     build_model,
+    conv_max_pool2,
     count_params,
     init_weights,
     max_pool2,
@@ -87,13 +88,41 @@ def test_max_pool2_equals_max_pool2d(shape):
 
 @pytest.mark.parametrize("name", ["lenet5", "lenet5_classic"])
 def test_conv_forward_same_with_and_without_grad(name):
-    # Evaluation (no_grad, strided pooling) and training forward give identical logits.
+    # Evaluation (no_grad: strided pooling, conv1 and its pooling as one strided conv) and
+    # the training forward give the same logits (up to the summation order of added zeros).
     torch.manual_seed(0)
     m = build_model(name)
     x = torch.rand(16, 784)
     with torch.no_grad():
         fast = m(x)
-    assert torch.equal(fast, m(x).detach())
+    slow = m(x).detach()
+    assert torch.allclose(fast, slow, rtol=1e-6, atol=1e-6)
+    assert torch.equal(fast.argmax(1), slow.argmax(1))
+
+
+@pytest.mark.parametrize(("cin", "pad", "size"), [(1, 2, 28), (1, 0, 14), (1, 1, 9), (3, 2, 12)])
+def test_conv_max_pool2_equals_conv_then_max_pool2d(cin, pad, size):
+    # The fused no-grad path (1-channel convs whose output has even sides) gives the values
+    # of conv + max_pool2d; the rest (odd output, several channels, autograd) is that itself.
+    gen = torch.Generator().manual_seed(1)
+    conv = nn.Conv2d(cin, 6, 5, padding=pad)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen))
+        x = torch.rand(32, cin, size, size, generator=gen)
+        x[:, :, :3] = 0.0  # an MNIST-like blank border: ties of the bias value in windows
+        ref = F.max_pool2d(conv(x), 2)
+        calls: list[int] = []
+        hook = conv.register_forward_hook(lambda *_: calls.append(1))
+        got = conv_max_pool2(conv, x)
+        hook.remove()
+    fused = cin == 1 and (size + 2 * pad - 4) % 2 == 0
+    assert bool(calls) is not fused  # the fused path does not call the module
+    assert got.shape == ref.shape
+    assert torch.allclose(got, ref, rtol=1e-6, atol=1e-5)
+    xg = x.clone().requires_grad_(True)
+    out = conv_max_pool2(conv, xg)
+    out.sum().backward()  # autograd: conv + max_pool2d, gradients as in training
+    assert torch.equal(out.detach(), F.max_pool2d(conv(x), 2))
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_WEIGHTS))
