@@ -59,9 +59,12 @@ def test_section_a_preset_is_the_paper_preset_with_connection_pruning_only(repo_
     part = load_config(repo_root / "config" / "section_a.yaml")
     assert part["pruning"]["methods"] == ["random", "magnitude"]
     assert part["study"] != paper["study"]  # its own results folder and report
+    # 50 retraining runs of magnitude's one mask too: 2 x 2 x 9 x 50 = 1800 runs
+    assert part["pruning"]["repeat_deterministic"] and not paper["pruning"]["repeat_deterministic"]
     for cfg in (paper, part):
         cfg.pop("study")
         cfg["pruning"].pop("methods")
+        cfg["pruning"].pop("repeat_deterministic")
         for method in ("clustered", "greedy_node"):
             cfg["pruning"].pop(method, None)
     assert part == paper

@@ -462,6 +462,54 @@ def test_prune_and_retrain_jobs(tiny_study, method, trials, estimator):
     assert all(r["status"] == "capped" and r["iterations"] == 3 for r in out)
 
 
+@pytest.mark.parametrize("method", ["magnitude", "clustered"])
+def test_repeat_deterministic_retrains_one_mask_with_different_minibatch_orders(tiny_study, method):
+    """repeat_deterministic: a deterministic method prunes once, lists `trials` copies of that
+    trial (one stored record), and each copy is retrained with its own minibatch order."""
+    import copy
+    import csv
+
+    from prunetime.io import load_torch
+    from prunetime.pruning import unpack_masks
+    from prunetime.study import job_config, run_prune, run_retrain
+
+    root = tiny_study["root"]
+    cfg = copy.deepcopy(tiny_study["cfg"])
+    cfg["pruning"]["repeat_deterministic"] = True
+    pcfg = job_config(cfg, "mlp", "prune", method)["pruning"]
+    assert pcfg["trials"] == 3 and pcfg["repeat_deterministic"] is True
+    assert "repeat_deterministic" not in job_config(cfg, "mlp", "prune", "random")["pruning"]
+    args = (root / "data.pt", root / "d.pt")
+    rows = run_prune(cfg, "mlp", 0, method, 0.5, *args, root / "rep.pt", root / "rep.csv")
+    once = run_prune(
+        tiny_study["cfg"], "mlp", 0, method, 0.5, *args, root / "one.pt", root / "one.csv"
+    )
+    assert [r["trial"] for r in rows] == [0, 1, 2] and len(once) == 1
+    for r in rows:
+        assert {k: v for k, v in r.items() if k != "trial"} == {
+            k: v for k, v in once[0].items() if k != "trial"
+        }
+    assert len(list(csv.DictReader((root / "rep.csv").open()))) == 3
+    stored = load_torch(root / "rep.pt")["trials"]
+    assert len(stored) == 3
+    first = unpack_masks(stored[0]["masks"])
+    for s in stored[1:]:
+        assert all(torch.equal(m, first[k]) for k, m in unpack_masks(s["masks"]).items())
+    # the masks (and a clustered state) are written once, not once per trial
+    assert (root / "rep.pt").stat().st_size < 1.2 * (root / "one.pt").stat().st_size
+    out = run_retrain(
+        cfg, "mlp", 0, method, 0.5, *args, root / "rep.pt", root / "m.json",
+        root / "rep_r.csv", root / "rep_c.csv",
+    )  # fmt: skip
+    assert [r["trial"] for r in out] == [0, 1, 2]
+    curves = list(csv.DictReader((root / "rep_c.csv").open()))
+    after = [
+        [float(c["eval_loss"]) for c in curves if int(c["trial"]) == t and int(c["step"]) == 3]
+        for t in range(3)
+    ]
+    assert len({a[0] for a in after}) == 3  # three minibatch orders, three loss values
+
+
 def test_pruning_data_is_a_fixed_seeded_subset_of_the_training_split():
     from prunetime.study import pruning_indices
 

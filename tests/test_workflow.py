@@ -125,6 +125,19 @@ def test_method_options_and_trials_rerun_only_the_methods_that_read_them(quick_r
     stochastic = [m for m in cfg["pruning"]["methods"] if PRUNERS[m].stochastic]
     assert sorted(stochastic) == ["random", "random_node"]
     assert job_counts(res.stdout + res.stderr).get("prune") == per_method * len(stochastic)
+    # repeating the deterministic methods' retraining: only those (and greedy_node only on
+    # the fully connected architecture) rerun
+    name = write_config(
+        quick_run, "repeat.yaml", lambda c: c["pruning"].update(repeat_deterministic=True)
+    )
+    res = snakemake(quick_run, "-n", "--configfile", name)
+    assert res.returncode == 0, res.stderr
+    counts = job_counts(res.stdout + res.stderr)
+    n_det = len(cfg["pruning"]["methods"]) - len(stochastic)
+    expected = per_method * n_det - len(cfg["pruning"]["amounts"]) * (
+        "greedy_node" in cfg["pruning"]["methods"]
+    )
+    assert counts.get("prune") == counts.get("retrain") == expected
 
 
 def test_changing_one_amount_reruns_only_that_amount(quick_run: Path) -> None:

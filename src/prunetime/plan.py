@@ -25,9 +25,9 @@ def job_config(
 
     Rules pass it as a param: Snakemake reruns a job exactly when its slice changes, so
     changing eps reruns retraining but not dense training or pruning. With ``method`` the
-    pruning slice holds only what that method reads: a deterministic method ignores
-    ``trials`` (it runs one), only ``random`` reads ``with_replacement`` and only
-    ``clustered`` and ``greedy_node`` their options.
+    pruning slice holds only what that method reads: a deterministic method reads ``trials``
+    only with ``repeat_deterministic`` (else it runs one), only ``random`` reads
+    ``with_replacement`` and only ``clustered`` and ``greedy_node`` their options.
     """
     arch = config["architectures"][arch_name]
     out: dict[str, Any] = {
@@ -45,8 +45,10 @@ def job_config(
     elif stage == "prune":
         keys = ["layers", "data"]
         stoch = catalog.stochastic(method) if method is not None else None
-        if stoch is None or stoch:
+        if stoch is None or stoch or pcfg["repeat_deterministic"]:
             keys.append("trials")
+        if not stoch and pcfg["repeat_deterministic"]:
+            keys.append("repeat_deterministic")  # only when set: the default slice is as before
         if method in (None, "random"):
             keys.append("with_replacement")
         for name in ("clustered", "greedy_node"):

@@ -274,8 +274,9 @@ def run_prune(
     Per trial: real sparsity, units removed and exact parameter counts, g(W_s),
     ||W_s - W*||^2, loss and accuracy on the evaluation set, the curvature estimates mu1, mu2
     (both estimators; ``mu1``/``mu2`` hold the one for the method's level) and, with
-    ``netdev_ref``, the Net Deviation on the pruning data. A deterministic method runs one
-    trial whatever ``pruning.trials`` says.
+    ``netdev_ref``, the Net Deviation on the pruning data. A deterministic method prunes
+    once; with ``pruning.repeat_deterministic`` its mask is listed as ``pruning.trials``
+    trials (retrained with different minibatch orders), else as one trial.
     """
     device = setup_torch(device, threads)
     arch = config["architectures"][arch_name]
@@ -362,6 +363,12 @@ def run_prune(
         if method.changes_weights:
             rec["state"] = state
         stored.append(rec)
+    if not method.stochastic and pcfg.get("repeat_deterministic"):
+        # One mask, retrained `trials` times (each trial's retraining has its own minibatch
+        # order): the rows are copies, and the saved trials share one record (torch.save
+        # writes shared tensors once).
+        rows += [dict(rows[0], trial=t) for t in range(1, pcfg["trials"])]
+        stored += [stored[0]] * (pcfg["trials"] - 1)
     save_torch(out_masks, {"method": method_name, "amount": amount, "trials": stored})
     write_csv(out_table, rows)
     return rows
