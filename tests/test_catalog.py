@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -114,8 +115,8 @@ def test_workflow_parse_imports_no_torch(tmp_path: Path) -> None:
     work = project_copy(tmp_path)
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    cmd = [sys.executable, "-X", "importtime", "-m", "snakemake", "-n", "--quiet"]
-    imported = []
+    cmd = [sys.executable, "-X", "importtime", "-m", "snakemake", "-n"]
+    imported, out = [], None
     for _ in range(2):
         out = subprocess.run(cmd, cwd=work, capture_output=True, text=True, env=env, timeout=600)
         assert out.returncode == 0, out.stderr[-2000:]
@@ -126,3 +127,29 @@ def test_workflow_parse_imports_no_torch(tmp_path: Path) -> None:
     assert "torch" not in imported[1]
     assert "prunetime.plan" in imported[1]
     assert list((work / ".snakemake" / "prunetime").glob("catalog-*.json"))
+    # The retrain jobs carry plan.job_priority: the costliest (LeNet-300-100, random, s = 0.9,
+    # 50 trials up to 1000 iterations) first.
+    jobs = re.findall(
+        r"rule retrain:.*?wildcards: (arch=\S+, seed=\d+, method=\w+, amount=[\d.]+).*?"
+        r"priority: (\d+)",
+        out.stdout + out.stderr,
+        flags=re.S,
+    )
+    assert len(jobs) > 50
+    prio = {job: int(value) for job, value in jobs}
+    assert prio["arch=lenet300100, seed=0, method=random, amount=0.9"] == max(prio.values())
+    # lowest: a deterministic LeNet-5 job at s = 0.1 (one run, cap 150)
+    assert max(prio.values()) == 45000 and min(prio.values()) == 15
+
+
+def test_job_priority_puts_the_costliest_retraining_first() -> None:
+    """Runs x iteration cap x amount: stochastic before deterministic (unless repeated),
+    large amounts before small, the 1000-iteration LeNet-300-100 before the capped LeNet-5."""
+    cfg = load_config(REPO / "config" / "config.yaml")
+    prio = plan.job_priority
+    assert prio(cfg, "lenet300100", "random", 0.9) == 50 * 1000 * 0.9
+    assert prio(cfg, "lenet300100", "random", 0.9) > prio(cfg, "lenet300100", "random", 0.5)
+    assert prio(cfg, "lenet300100", "random", 0.5) > prio(cfg, "lenet5", "random", 0.9)
+    assert prio(cfg, "lenet5", "random", 0.1) > prio(cfg, "lenet5", "magnitude", 0.9)
+    cfg["pruning"]["repeat_deterministic"] = True
+    assert prio(cfg, "lenet5", "magnitude", 0.9) == prio(cfg, "lenet5", "random", 0.9)

@@ -69,6 +69,23 @@ def fmt_amount(amount: float) -> str:
     return f"{amount:g}"
 
 
+def job_priority(config: dict[str, Any], arch_name: str, method: str, amount: float) -> int:
+    """Scheduling priority of a prune or retrain job: its retraining's expected relative cost.
+
+    Snakemake starts the ready jobs with the highest priority first. On a few cores, a long
+    retraining job that happens to start last runs alone while the other cores idle (in a
+    section A run the LeNet-300-100 random s = 0.9 job, 10 minutes, started after 26). The
+    cost grows with the retraining runs of the job (``trials`` for a stochastic or repeated
+    method, else one), the iteration cap and the amount (the larger, the longer retraining
+    takes, up to capped runs at the top).
+    """
+    pcfg = config["pruning"]
+    repeated = catalog.stochastic(method) or pcfg["repeat_deterministic"]
+    runs = pcfg["trials"] if repeated else 1
+    cap = config["architectures"][arch_name]["retrain"]["max_iters"]
+    return round(runs * cap * float(amount))
+
+
 def method_applies(config: dict[str, Any], arch_name: str, method_name: str) -> bool:
     """Whether ``method_name`` can prune architecture ``arch_name`` (greedy_node: FC only)."""
     return catalog.applies(method_name, config["architectures"][arch_name]["model"])

@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from prunetime import catalog
 from prunetime.config import ConfigError, validate_config
-from prunetime.plan import fmt_amount, job_combos, job_config
+from prunetime.plan import fmt_amount, job_combos, job_config, job_priority
 
 # Facts about the registered models and methods, cached per source version, so that parsing
 # the workflow (every call, dry runs included) does not import torch.
@@ -53,6 +53,11 @@ wildcard_constraints:
 def params_json(stage):
     """The job's config slice as JSON: a param, so a change reruns exactly the affected jobs."""
     return lambda wc: json.dumps(job_config(config, wc.arch, stage), sort_keys=True)
+
+
+def priority_of(wc):
+    """The costliest retraining first (plan.job_priority), so that none starts last."""
+    return job_priority(config, wc.arch, wc.method, wc.amount)
 
 
 COMBOS = job_combos(config)  # (arch, method) pairs: a fully-connected-only method skips convs

@@ -44,6 +44,7 @@ rule prune:
     benchmark:
         f"{BENCH}/prune/{{arch}}_seed{{seed}}_{{method}}_s{{amount}}.tsv"
     threads: THREADS
+    priority: priority_of
     resources:
         gpu=GPUS,
     conda:
@@ -73,6 +74,7 @@ rule retrain:
     benchmark:
         f"{BENCH}/retrain/{{arch}}_seed{{seed}}_{{method}}_s{{amount}}.tsv"
     threads: THREADS
+    priority: priority_of
     resources:
         gpu=GPUS,
     conda:
