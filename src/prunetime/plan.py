@@ -74,8 +74,9 @@ def job_priority(config: dict[str, Any], arch_name: str, method: str, amount: fl
 
     Snakemake starts the ready jobs with the highest priority first. On a few cores, a long
     retraining job that happens to start last runs alone while the other cores idle (in a
-    section A run the LeNet-300-100 random s = 0.9 job, 10 minutes, started after 26). The
-    cost grows with the retraining runs of the job (``trials`` for a stochastic or repeated
+    section A run the LeNet-300-100 random s = 0.9 job, 14 of its 48 minutes, started after
+    26; other jobs still filled the second core, but a later start would have left a tail).
+    The cost grows with the retraining runs of the job (``trials`` for a stochastic or repeated
     method, else one), the iteration cap and the amount (the larger, the longer retraining
     takes, up to capped runs at the top).
     """
