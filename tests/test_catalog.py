@@ -93,6 +93,12 @@ def test_broken_or_foreign_cache_file_is_rebuilt(tmp_path: Path, monkeypatch) ->
     catalog._load.cache_clear()
     assert catalog.weight_names("lenet5") == weight_names(build_model("lenet5"))
     assert not list(tmp_path.glob(".catalog-*"))  # no temporary file left behind
+    # A cache folder that cannot be created (here: a file is in the way) costs only the cache.
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")
+    monkeypatch.setattr(catalog, "cache_dir", blocker / "prunetime")
+    catalog._load.cache_clear()
+    assert catalog.stochastic("random") is True and catalog.stochastic("magnitude") is False
     catalog._load.cache_clear()
 
 

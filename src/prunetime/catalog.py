@@ -64,11 +64,16 @@ def _load(digest: str, folder: str | None) -> dict[str, Any]:
     except (OSError, ValueError, KeyError, AttributeError):
         pass  # missing, half-written by a crashed writer, or from another version: rebuild
     cat = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".catalog-", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"digest": digest, "catalog": cat}, fh, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".catalog-", suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"digest": digest, "catalog": cat}, fh, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError:  # a read-only or full disk: plan from the in-process catalog, uncached
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
     return cat
 
 
