@@ -15,12 +15,12 @@ from prunetime.data import Split
 from prunetime.gates import ResMLP, ResNet, count_flops, count_params
 from prunetime.gates_study import (
     _final_metrics,
-    check_gates_config,
     load_model,
     magnitude_amount,
     save_model,
     train_gated,
 )
+from prunetime.plan import check_gates_config
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = {

@@ -296,8 +296,9 @@ def test_layerwise_greedy_rejects_conv_nets(split_factory) -> None:
 def test_greedy_node_is_a_registered_fully_connected_only_method() -> None:
     from prunetime.config import ConfigError, validate_config
     from prunetime.models import build_model
+    from prunetime.plan import job_combos, job_config
     from prunetime.pruning import build_pruner
-    from prunetime.study import job_combos, job_config, method_options
+    from prunetime.study import method_options
 
     pruner = build_pruner("greedy_node", with_replacement=True)
     assert pruner.level == "node" and pruner.opts["with_replacement"] is True

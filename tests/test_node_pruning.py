@@ -426,7 +426,8 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> dict:
 )
 def test_prune_and_retrain_jobs(tiny_study, method, trials, estimator):
     from prunetime.io import load_torch, read_json
-    from prunetime.study import job_config, run_prune, run_retrain
+    from prunetime.plan import job_config
+    from prunetime.study import run_prune, run_retrain
 
     root, cfg = tiny_study["root"], tiny_study["cfg"]
     pcfg = job_config(cfg, "mlp", "prune", method)["pruning"]
@@ -470,8 +471,9 @@ def test_repeat_deterministic_retrains_one_mask_with_different_minibatch_orders(
     import csv
 
     from prunetime.io import load_torch
+    from prunetime.plan import job_config
     from prunetime.pruning import unpack_masks
-    from prunetime.study import job_config, run_prune, run_retrain
+    from prunetime.study import run_prune, run_retrain
 
     root = tiny_study["root"]
     cfg = copy.deepcopy(tiny_study["cfg"])

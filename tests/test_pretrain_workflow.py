@@ -20,7 +20,7 @@ from prunetime.config import ConfigError, validate_config
 from prunetime.data import load_prepared
 from prunetime.greedy import TwoLayerNet, greedy_select, kappa_of, prepare_inputs
 from prunetime.io import load_torch, read_json
-from prunetime.pretrain import check_pretrain_config
+from prunetime.plan import check_pretrain_config
 from prunetime.threshold import DEFINITIONS, LAWS, threshold_step
 
 QUICK = "config/pretrain_quick.yaml"

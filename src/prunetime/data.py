@@ -258,8 +258,8 @@ class Split:
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images and labels at ``idx`` (any shape of indices, leading the result's shape).
 
-        ``index_select`` instead of advanced indexing: the same rows, several times faster
-        for a minibatch on the CPU, where the gather was a tenth of a training step.
+        ``index_select`` instead of advanced indexing: the same rows, 1.6x faster for a
+        128-image batch on the CPU, where the gather was about 7 % of a LeNet-300-100 step.
         """
         flat = idx.reshape(-1)
         x = self.x.index_select(0, flat).view(*idx.shape, *self.x.shape[1:])

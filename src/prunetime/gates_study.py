@@ -43,13 +43,7 @@ from prunetime.gates import (
     round_gates,
 )
 from prunetime.io import load_torch, read_json, save_torch, write_csv, write_json
-from prunetime.plan import (  # noqa: F401  (re-exported)
-    NETWORK_KEYS,
-    check_gates_config,
-    fmt_lambda,
-    gates_job_config,
-)
-from prunetime.plan import gates_params_json as params_json  # noqa: F401
+from prunetime.plan import fmt_lambda
 from prunetime.study import derive_seed, setup_torch
 from prunetime.training import BatchStream, evaluate
 

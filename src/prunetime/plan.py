@@ -2,8 +2,6 @@
 
 Snakemake parses the workflow on every call, dry runs included, so nothing here imports torch
 (facts about registered models and pruning methods come from :mod:`prunetime.catalog`).
-The job modules (:mod:`prunetime.study`, :mod:`prunetime.gates_study`,
-:mod:`prunetime.pretrain`) re-export these names.
 """
 
 from __future__ import annotations
@@ -80,11 +78,18 @@ def job_priority(config: dict[str, Any], arch_name: str, method: str, amount: fl
     method, else one), the iteration cap and the amount (the larger, the longer retraining
     takes, up to capped runs at the top).
     """
-    pcfg = config["pruning"]
-    repeated = catalog.stochastic(method) or pcfg["repeat_deterministic"]
-    runs = pcfg["trials"] if repeated else 1
+    runs = retrain_runs(config["pruning"], catalog.stochastic(method))
     cap = config["architectures"][arch_name]["retrain"]["max_iters"]
     return round(runs * cap * float(amount))
+
+
+def retrain_runs(pcfg: dict[str, Any], stochastic: bool | None) -> int:
+    """Retraining runs of one (architecture, seed, method, amount): ``trials`` for a stochastic
+    method or with ``repeat_deterministic``, else one. ``pcfg`` is the config's ``pruning``
+    section or a prune job's slice of it (which holds only the keys the method reads)."""
+    if stochastic or pcfg.get("repeat_deterministic"):
+        return int(pcfg.get("trials", 1))
+    return 1
 
 
 def method_applies(config: dict[str, Any], arch_name: str, method_name: str) -> bool:

@@ -37,8 +37,6 @@ from prunetime.ntk import (
     smallest_eigenvalue,
     two_layer_ntk,
 )
-from prunetime.plan import check_pretrain_config, pretrain_job_config  # noqa: F401
-from prunetime.plan import pretrain_params_json as params_json  # noqa: F401
 from prunetime.study import derive_seed, setup_torch
 from prunetime.training import batches
 

@@ -23,12 +23,7 @@ from prunetime.ensemble import TrialResult, TrialSpec, retrain_trials
 from prunetime.io import load_torch, read_json, save_torch, write_csv, write_json
 from prunetime.journal import TrialJournal
 from prunetime.models import build_model, init_weights, weight_names
-from prunetime.plan import (  # noqa: F401  (re-exported: the job config of each stage)
-    fmt_amount,
-    job_combos,
-    job_config,
-    method_applies,
-)
+from prunetime.plan import fmt_amount, retrain_runs
 from prunetime.pruning import (
     UnitCompaction,
     apply_pruning,
@@ -363,12 +358,12 @@ def run_prune(
         if method.changes_weights:
             rec["state"] = state
         stored.append(rec)
-    if not method.stochastic and pcfg.get("repeat_deterministic"):
-        # One mask, retrained `trials` times (each trial's retraining has its own minibatch
-        # order): the rows are copies, and the saved trials share one record (torch.save
-        # writes shared tensors once).
-        rows += [dict(rows[0], trial=t) for t in range(1, pcfg["trials"])]
-        stored += [stored[0]] * (pcfg["trials"] - 1)
+    # A deterministic method with repeat_deterministic: its one mask, retrained `trials` times
+    # (each trial's retraining has its own minibatch order). The rows are copies and the
+    # saved trials share one record (torch.save writes shared tensors once).
+    runs = retrain_runs(pcfg, method.stochastic)
+    rows += [dict(rows[0], trial=t) for t in range(len(rows), runs)]
+    stored += [stored[0]] * (runs - len(stored))
     save_torch(out_masks, {"method": method_name, "amount": amount, "trials": stored})
     write_csv(out_table, rows)
     return rows
