@@ -86,6 +86,49 @@ def test_max_pool2_equals_max_pool2d(shape):
     assert torch.equal(xg.grad, xr.grad)
 
 
+@pytest.mark.parametrize("shape", [(4, 6, 28, 28), (3, 16, 10, 10)])
+def test_max_pool2_training_path_routes_ties_like_max_pool2d(shape):
+    # Values in {0, 1, 2}: most windows hold two-, three- or four-way ties. The training path
+    # (strided maxima and comparison masks) must give max_pool2d's values and send each
+    # output's gradient to the same input, bitwise.
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 3, shape, generator=g).float()
+    up = torch.randn(*shape[:2], shape[2] // 2, shape[3] // 2, generator=g)
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ya, yb = max_pool2(xa), F.max_pool2d(xb, 2)
+    assert type(ya.grad_fn).__name__ == "_MaxPool2Backward"  # the fast path ran
+    ya.backward(up)
+    yb.backward(up)
+    assert torch.equal(ya, yb) and torch.equal(xa.grad, xb.grad)
+    # a channels-last map goes to max_pool2d itself, with the same result
+    xc = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    yc = max_pool2(xc)
+    assert type(yc.grad_fn).__name__ != "_MaxPool2Backward"
+    yc.backward(up)
+    assert torch.equal(yc, yb) and torch.equal(xc.grad, xb.grad)
+
+
+def test_lenet5_training_step_gradients_equal_max_pool2d_network():
+    # The whole LeNet-5 training forward/backward with the fast pooling equals the same
+    # network built from conv2d + max_pool2d: same loss, same gradients bitwise.
+    torch.manual_seed(0)
+    m = build_model("lenet5")
+    x, y = torch.rand(8, 784), torch.randint(0, 10, (8,))
+    x[:, :100] = 0  # blank rows: conv outputs equal to the bias, ties in every window there
+
+    def reference(inp: torch.Tensor) -> torch.Tensor:
+        h = inp.reshape(-1, 1, 28, 28)
+        h = torch.relu(F.max_pool2d(m.conv1(h), 2))
+        h = torch.relu(F.max_pool2d(m.conv2(h), 2))
+        return m.fc2(torch.relu(m.fc1(h.flatten(1))))
+
+    params = list(m.parameters())
+    fast = torch.autograd.grad(F.cross_entropy(m(x), y), params)
+    ref = torch.autograd.grad(F.cross_entropy(reference(x), y), params)
+    for a, b in zip(fast, ref, strict=True):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("name", ["lenet5", "lenet5_classic"])
 def test_conv_forward_same_with_and_without_grad(name):
     # Evaluation (no_grad: strided pooling, conv1 and its pooling as one strided conv) and

@@ -7,6 +7,7 @@ Every model exposes its prunable weight tensors in forward order through
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,17 +29,67 @@ def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
     return deco
 
 
+def _batched(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a tensor inside ``torch.func.vmap`` (the trial ensemble's forward)."""
+    check = getattr(torch._C._functorch, "is_batchedtensor", None)
+    return bool(check is not None and check(x))
+
+
+class _MaxPool2(torch.autograd.Function):
+    """2x2 max pooling (stride 2) of a contiguous NCHW map with autograd, as max_pool2d.
+
+    On CPU, ``max_pool2d``'s forward with indices took 4.3 ms of a 21 ms LeNet-5 training
+    step for the first (6 x 28 x 28) map. Here the forward is maxima of strided views, and
+    the backward routes each output's gradient to the first maximum of its window in
+    row-major order, exactly as max_pool2d does (ties included), from three comparison
+    masks instead of an index tensor. Values and gradients equal max_pool2d's bitwise.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        x6 = x.view(n, c, h // 2, 2, w // 2, 2)
+        a, b = x6[:, :, :, 0, :, 0], x6[:, :, :, 0, :, 1]
+        lo_a, lo_b = x6[:, :, :, 1, :, 0], x6[:, :, :, 1, :, 1]
+        top, bottom = torch.maximum(a, b), torch.maximum(lo_a, lo_b)
+        # 1.0 where the first of a pair is the maximum (ties go to the earlier element).
+        first_top = (a >= b).to(x.dtype)
+        first_bottom = (lo_a >= lo_b).to(x.dtype)
+        in_top = (top >= bottom).to(x.dtype)
+        ctx.save_for_backward(first_top, first_bottom, in_top)
+        return torch.maximum(top, bottom)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        first_top, first_bottom, in_top = ctx.saved_tensors
+        n, c, h2, w2 = grad.shape
+        out = grad.new_empty(n, c, h2, 2, w2, 2)
+        # g * m and g - g * m split g exactly (m is 0 or 1): one of the two is g, the other 0.
+        g_top = grad * in_top
+        g_bottom = grad - g_top
+        torch.mul(g_top, first_top, out=out[:, :, :, 0, :, 0])
+        torch.sub(g_top, out[:, :, :, 0, :, 0], out=out[:, :, :, 0, :, 1])
+        torch.mul(g_bottom, first_bottom, out=out[:, :, :, 1, :, 0])
+        torch.sub(g_bottom, out[:, :, :, 1, :, 0], out=out[:, :, :, 1, :, 1])
+        return out.view(n, c, 2 * h2, 2 * w2)
+
+
 def max_pool2(x: torch.Tensor) -> torch.Tensor:
-    """2x2 max pooling (stride 2) of an NCHW map, fast where no gradient is needed.
+    """2x2 max pooling (stride 2) of an NCHW map: max_pool2d's values and gradients, faster.
 
     Convergence checks and evaluations run the network under ``no_grad`` thousands of times;
     there, the maximum of the four strided quarter views gives exactly max_pool2d's values
-    several times faster on CPU. With autograd, max_pool2d itself is used: its backward is
-    cheaper and routes a tie to one input, as training always did.
+    several times faster on CPU. With autograd, :class:`_MaxPool2` does the same forward
+    and routes a tie to one input as max_pool2d does (on CPU; elsewhere max_pool2d's kernel).
+    A non-contiguous map, an odd-sized map or one inside ``vmap`` goes to max_pool2d itself.
     """
     h, w = x.shape[-2:]
-    if x.requires_grad or h % 2 or w % 2:
+    if h % 2 or w % 2 or _batched(x):
         return F.max_pool2d(x, 2)
+    if x.requires_grad and torch.is_grad_enabled():
+        if x.dim() != 4 or not x.is_contiguous() or x.device.type != "cpu":
+            return F.max_pool2d(x, 2)
+        return _MaxPool2.apply(x)
     rows = torch.maximum(x[..., 0::2, :], x[..., 1::2, :])
     return torch.maximum(rows[..., 0::2], rows[..., 1::2])
 
@@ -78,8 +129,10 @@ def conv_max_pool2(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     offsets = [F.pad(w, (dx, 1 - dx, dy, 1 - dy)) for dy in (0, 1) for dx in (0, 1)]
     bias = None if conv.bias is None else conv.bias.repeat(4)
     y = F.conv2d(x, torch.cat(offsets), bias, stride=2, padding=pad[0])
-    y = y.unflatten(1, (4, w.shape[0]))
-    return torch.maximum(torch.maximum(y[:, 0], y[:, 1]), torch.maximum(y[:, 2], y[:, 3]))
+    # The four copies are consecutive blocks of channels: one reduction over a contiguous
+    # axis (1.4x faster than three maxima of strided channel slices at 1000 images).
+    n, _, h, wd = y.shape
+    return y.reshape(n, 4, -1).amax(1).view(n, w.shape[0], h, wd)
 
 
 class LeNet300100(nn.Module):
