@@ -130,16 +130,17 @@ def test_epoch_bound_columns_of_the_runs_table():
 
 @pytest.mark.parametrize("arch", ["lenet300100", "lenet5"])
 def test_chunked_gradient_and_evaluation_equal_one_pass(arch):
-    # 600 samples span three evaluation chunks (the last one partial): the accumulated
-    # gradient and the chunked loss and accuracy must equal a single full-batch pass.
+    # 2600 samples span three evaluation chunks and eleven gradient chunks (the last ones
+    # partial): the accumulated gradient and the chunked loss and accuracy must equal a
+    # single full-batch pass.
     import torch.nn.functional as F
 
-    from prunetime.data import EVAL_CHUNK, Split
+    from prunetime.data import EVAL_CHUNK, GRAD_CHUNK, Split
     from prunetime.training import evaluate
 
     g = torch.Generator().manual_seed(0)
-    n = 600
-    assert n > 2 * EVAL_CHUNK and n % EVAL_CHUNK
+    n = 2600
+    assert n > 2 * EVAL_CHUNK and n % EVAL_CHUNK and n > 2 * GRAD_CHUNK and n % GRAD_CHUNK
     split = Split(torch.rand(n, 784, generator=g), torch.randint(0, 10, (n,), generator=g))
     model = build_model(arch)
     names = weight_names(model)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunetime.data import EVAL_CHUNK, Split
+from prunetime.data import GRAD_CHUNK, Split
 
 ESTIMATORS = {"connection": "secant", "node": "pl"}
 
@@ -39,10 +39,10 @@ def grad_vectors(model: nn.Module, split: Split, names: Sequence[str]) -> dict[s
     wanted = [params[n] for n in names]
     model.zero_grad(set_to_none=True)
     total = [torch.zeros_like(p) for p in wanted]
-    # Chunked like every evaluation (cache-sized passes); the chunks' summed losses over the
-    # split's size give the full-batch mean's gradient.
-    for start in range(0, len(split), EVAL_CHUNK):
-        x, y = split.x[start : start + EVAL_CHUNK], split.y[start : start + EVAL_CHUNK]
+    # Chunked (cache-sized passes); the chunks' summed losses over the split's size give the
+    # full-batch mean's gradient.
+    for start in range(0, len(split), GRAD_CHUNK):
+        x, y = split.x[start : start + GRAD_CHUNK], split.y[start : start + GRAD_CHUNK]
         loss = F.cross_entropy(model(x), y, reduction="sum") / len(split)
         for acc, g in zip(total, torch.autograd.grad(loss, wanted), strict=True):
             acc += g
