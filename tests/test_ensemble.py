@@ -208,3 +208,76 @@ def test_progress_counts_finished_trials_across_groups(task, batched: bool) -> N
     assert seen and seen[-1]["done"] == 3  # one by one, every trial is counted too
     dones = [p["done"] for p in seen]
     assert dones == sorted(dones) and all(0 <= p["active"] <= 3 for p in seen)
+
+
+@pytest.fixture(scope="module")
+def bordered() -> dict:
+    """MNIST-like images: a border that is zero in every image, and three more rows that are
+    zero in the evaluation images only (the training images use them)."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(1200, 1, 28, 28, generator=g)
+    x[:, :, :2, :] = 0
+    x[:, :, :, -3:] = 0
+    x[1000:, :, 2:5, :] = 0
+    teacher = torch.randn(784, 10, generator=g)
+    y = (x.flatten(1) @ teacher).argmax(1)
+    return {"train": Split(x[:1000], y[:1000]), "eval": Split(x[1000:], y[1000:])}
+
+
+def _uncut(model: torch.nn.Module) -> torch.nn.Module:
+    """The same network without the input-cut opt-in (every check multiplies all columns)."""
+    import copy
+
+    plain = copy.deepcopy(model)
+    plain.input_weight = None
+    return plain
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_checks_without_the_all_zero_input_columns_give_the_full_results(bordered, batched):
+    from prunetime.ensemble import _InputCut
+
+    torch.manual_seed(6)
+    model = build_model("lenet300100")
+    cut = _InputCut.of(model, bordered["train"], bordered["eval"])
+    assert cut is not None and cut.k == 784 - 5 * 28 - 23 * 3  # the eval set's zero columns
+    assert _InputCut.of(_uncut(model), bordered["train"], bordered["eval"]) is None
+    start = eval_loss(model, bordered["eval"])
+    kw = dict(target_loss=start - 0.3, eps=0.05, max_iters=40, batched=batched)
+    got = run(model, trials(model, 4), bordered, **kw)
+    ref = run(_uncut(model), trials(model, 4), bordered, **kw)
+    assert [r.iterations for r in got] == [r.iterations for r in ref]
+    assert [r.status for r in got] == [r.status for r in ref]
+    assert len({r.iterations for r in got}) > 1
+    for a, b, spec in zip(got, ref, trials(model, 4), strict=True):
+        assert [s for s, _ in a.eval_losses] == [s for s, _ in b.eval_losses]
+        la, lb = [v for _, v in a.eval_losses], [v for _, v in b.eval_losses]
+        assert la == pytest.approx(lb, abs=TOL)
+        for k in b.state:  # returned in the input's own column order
+            assert torch.allclose(a.state[k], b.state[k], atol=TOL_W, rtol=0), k
+        for k, m in spec.masks.items():
+            assert (a.state[k][~m] == 0).all()
+
+
+def test_a_non_finite_weight_on_a_cut_column_shows_in_the_check(bordered):
+    # 0 * inf is NaN in the full product: the cut check must not hide it.
+    from prunetime.ensemble import StackedOptimizer, _Ensemble, _InputCut
+
+    model = build_model("lenet300100")
+    cut = _InputCut.of(model, bordered["train"], bordered["eval"])
+    assert cut is not None
+    zero_col = int(cut.perm[-1])  # a column that is zero in every evaluation image
+    for bad in (float("inf"), float("nan"), None):
+        state = {k: v.detach().clone()[None] for k, v in model.named_parameters()}
+        if bad is not None:
+            state["fc1.weight"][0, 7, zero_col] = bad
+        losses = []
+        for c in (cut, None):
+            params = cut.permuted(state, cut.perm) if c is not None else state
+            opt = StackedOptimizer("adam", params, 0.01)
+            ens = _Ensemble(model, params, None, [], opt, [0], False, c)
+            losses.append(float(ens.eval_losses(bordered["eval"], 1000)[0]))
+        if bad is None:
+            assert losses[0] == pytest.approx(losses[1], abs=1e-6)
+        else:
+            assert all(v != v for v in losses)  # NaN with and without the cut

@@ -34,6 +34,9 @@ from torch.func import functional_call, vmap
 from prunetime.data import EVAL_CHUNK, Split
 
 Tensors = dict[str, torch.Tensor]
+# Activation bytes of one check chunk over all trials of a group (one LeNet-5 trial: 1000
+# images are 13 MB; 50 LeNet-300-100 trials: 395 images).
+CHUNK_BYTES = 64 * 2**20
 
 
 @dataclass
@@ -105,6 +108,59 @@ class StackedOptimizer:
         return out
 
 
+class _InputCut:
+    """Retraining in an input column order where the evaluation set's all-zero columns come last.
+
+    A model whose first layer is fully connected on the flattened input names that weight in
+    its ``input_weight`` attribute. Input columns that are zero in every evaluation image
+    (MNIST's border pixels: 162 of 784 in the 1000-image subset) add nothing to that layer's
+    product in a check. With the columns of the weight, the training images and the
+    evaluation images permuted so that those come last, a check multiplies only the first
+    ``k`` columns: a view, no copy per check. Training is unchanged (the same products in
+    another summation order), and results are permuted back. Exact up to float summation
+    order, as long as the weights on the cut columns are finite (else the full product).
+    """
+
+    def __init__(self, name: str, train: Split, evalset: Split) -> None:
+        flat = evalset.x.reshape(len(evalset.x), -1)
+        nonzero = (flat != 0).any(0)
+        self.name, self.k = name, int(nonzero.sum())
+        self.perm = torch.cat([nonzero.nonzero().flatten(), (~nonzero).nonzero().flatten()])
+        self.inv = torch.argsort(self.perm)
+        self.train = Split(train.x.reshape(len(train.x), -1).index_select(1, self.perm), train.y)
+        self.x_full = flat.index_select(1, self.perm)
+        self.x_cut = self.x_full[:, : self.k].contiguous()
+
+    @staticmethod
+    def of(template: nn.Module, train: Split, evalset: Split) -> _InputCut | None:
+        """The cut for ``template`` on ``evalset``, or None (no ``input_weight``, or nothing
+        to cut)."""
+        name = getattr(template, "input_weight", None)
+        if name is None:
+            return None
+        in_features = dict(template.named_parameters())[name].shape[-1]
+        flat = evalset.x.reshape(len(evalset.x), -1)
+        if flat.shape[1] != in_features or bool((flat != 0).any(0).all()):
+            return None
+        return _InputCut(name, train, evalset)
+
+    def permuted(self, tensors: Tensors, order: torch.Tensor) -> Tensors:
+        """``tensors`` with the input weight's columns in ``order`` (perm in, inv out)."""
+        return {
+            k: v.index_select(-1, order.to(v.device)) if k == self.name else v
+            for k, v in tensors.items()
+        }
+
+    def eval_input(self, params: Tensors) -> tuple[Tensors, torch.Tensor]:
+        """The parameters and evaluation images a check multiplies."""
+        w = params[self.name]
+        # Sum is finite iff every weight on the cut columns is (or it overflowed: then the
+        # full product, merely slower). 0 * inf is NaN, which the full product must show.
+        if bool(torch.isfinite(w[..., self.k :].sum())):
+            return {**params, self.name: w[..., : self.k]}, self.x_cut
+        return params, self.x_full
+
+
 def _activation_elems(template: nn.Module, sample: torch.Tensor) -> int:
     """Activation elements one sample produces through the network's leaf modules."""
     total = 0
@@ -136,9 +192,10 @@ class _Ensemble:
         opt: StackedOptimizer,
         ids: list[int],
         batched: bool,
+        cut: _InputCut | None = None,
     ) -> None:
         self.template, self.masks, self.streams, self.opt = template, masks, streams, opt
-        self.ids, self.batched = ids, batched
+        self.ids, self.batched, self.cut = ids, batched, cut
         self.params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
 
     def _forward(self, params: Tensors, x: torch.Tensor, shared_x: bool) -> torch.Tensor:
@@ -152,7 +209,7 @@ class _Ensemble:
 
     def train_step(self, train: Split) -> None:
         idx = torch.stack([next(s) for s in self.streams])  # (trials, batch)
-        x, y = train.batch(idx)
+        x, y = (self.cut.train if self.cut else train).batch(idx)
         if not self.batched:
             x = x[0]
         logits = self._forward(self.params, x, shared_x=False)
@@ -161,23 +218,25 @@ class _Ensemble:
         if self.masks:
             for k, m in self.masks.items():
                 self.params[k].grad.mul_(m)
+        # Pruned weights start at zero and get zero gradients, so Adam's moments and SGD's
+        # momentum stay zero there and the update leaves them exactly zero: no re-masking.
         self.opt.step(self.params)
-        with torch.no_grad():
-            if self.masks:
-                for k, m in self.masks.items():
-                    self.params[k].mul_(m)
         for p in self.params.values():
             p.grad = None
 
     @torch.no_grad()
     def eval_losses(self, evalset: Split, chunk: int) -> torch.Tensor:
         """Mean cross-entropy of every trial on ``evalset`` (chunked to bound memory)."""
+        params, x_all = self.params, evalset.x
+        if self.cut is not None:
+            params, x_all = self.cut.eval_input(params)
         total = torch.zeros(len(self.ids), dtype=torch.float64, device=evalset.x.device)
         for start in range(0, len(evalset), chunk):
-            x, y = evalset.x[start : start + chunk], evalset.y[start : start + chunk]
-            logits = self._forward(self.params, x, shared_x=True)
+            x, y = x_all[start : start + chunk], evalset.y[start : start + chunk]
+            logits = self._forward(params, x, shared_x=True)
+            ys = y.repeat(len(self.ids)) if len(self.ids) > 1 else y
             total += (
-                F.cross_entropy(logits.flatten(0, 1), y.repeat(len(self.ids)), reduction="none")
+                F.cross_entropy(logits.flatten(0, 1), ys, reduction="none")
                 .view(len(self.ids), -1)
                 .sum(1)
                 .double()
@@ -204,13 +263,16 @@ class _Ensemble:
             self.opt.select(keep),
             [self.ids[i] for i in positions],
             self.batched,
+            self.cut,
         )
 
     def _device(self) -> torch.device:
         return next(iter(self.params.values())).device
 
     def state_of(self, pos: int) -> Tensors:
-        return {k: v.detach()[pos].clone() for k, v in self.params.items()}
+        """Trial ``pos``'s weights (in the input's own column order)."""
+        state = {k: v.detach()[pos].clone() for k, v in self.params.items()}
+        return self.cut.permuted(state, self.cut.inv) if self.cut else state
 
 
 def _restore(ens: _Ensemble, snap: dict[str, Any], positions: list[int]) -> _Ensemble:
@@ -238,6 +300,7 @@ def _restore(ens: _Ensemble, snap: dict[str, Any], positions: list[int]) -> _Ens
         snap["opt"].select(keep),
         [ens.ids[i] for i in positions],
         ens.batched,
+        ens.cut,
     )
 
 
@@ -281,11 +344,14 @@ def retrain_trials(
     n_params = sum(v.numel() for v in trials[0].state.values())
     per_trial = 4 * (8 * n_params + 4 * batch_size * act)
     size = max(1, min(len(trials), group_bytes // per_trial)) if batched else 1
-    chunk = max(1, min(len(evalset), EVAL_CHUNK, group_bytes // (4 * act * size)))
+    # A check's chunk: at most EVAL_CHUNK images and CHUNK_BYTES of activations over the
+    # group's trials (larger outputs are page-faulted afresh on every call).
+    chunk = max(1, min(len(evalset), EVAL_CHUNK, CHUNK_BYTES // (4 * act * size)))
     results: list[TrialResult | None] = [None] * len(trials)
     # One loop over all groups: its state is keyed by trial index, and its count of finished
     # trials is what the progress lines report.
     loop = _Loop(train, evalset, target_loss, eps, divergence_factor, chunk, progress, on_result)
+    cut = _InputCut.of(template, train, evalset)
     for start in range(0, len(trials), size):
         group = list(range(start, min(start + size, len(trials))))
         specs = [trials[i] for i in group]
@@ -297,6 +363,10 @@ def retrain_trials(
                 k: torch.stack([s.masks[k].to(device) for s in specs])  # type: ignore[index]
                 for k in specs[0].masks
             }
+        if cut is not None:
+            params = cut.permuted(params, cut.perm)
+            masks = cut.permuted(masks, cut.perm) if masks is not None else None
+        if masks is not None:
             with torch.no_grad():
                 for k, m in masks.items():
                     params[k].mul_(m)
@@ -309,6 +379,7 @@ def retrain_trials(
             StackedOptimizer(optimizer, params, lr, momentum),
             group,
             batched and len(group) > 1,
+            cut,
         )
         for tid, res in loop.run(ens, 0, max_iters, check_every, initial=True).items():
             results[tid] = res
