@@ -56,5 +56,9 @@ def test_setup_keeps_gpu_arithmetic_in_ieee_float32(cuda_present) -> None:
         assert torch.backends.cudnn.conv.fp32_precision == "ieee"
         assert torch.backends.cudnn.rnn.fp32_precision == "ieee"
         assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+        # deterministic algorithms, without the NaN fill of every new tensor (a debug aid
+        # that cost a write pass per allocation)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch._C._get_deterministic_fill_uninitialized_memory() is False
     finally:
         torch.set_num_threads(threads)

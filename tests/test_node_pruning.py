@@ -512,6 +512,45 @@ def test_repeat_deterministic_retrains_one_mask_with_different_minibatch_orders(
     assert len({a[0] for a in after}) == 3  # three minibatch orders, three loss values
 
 
+def test_runs_ending_with_the_same_weights_are_evaluated_on_the_test_split_once(
+    tiny_study, monkeypatch
+):
+    """A repeated deterministic mask already within eps ends every run with the same weights
+    (0 iterations): the test split is evaluated once for all of them; distinct weights
+    (random masks) once each. The validation split is not evaluated per run."""
+    import copy
+
+    from prunetime import study
+    from prunetime.study import run_prune, run_retrain
+
+    root = tiny_study["root"]
+    cfg = copy.deepcopy(tiny_study["cfg"])
+    cfg["pruning"]["repeat_deterministic"] = True
+    cfg["architectures"]["mlp"]["retrain"]["eps"] = 1e6  # within eps before any step
+    args = (root / "data.pt", root / "d.pt")
+    calls: list[torch.Tensor] = []
+    real = study.evaluate
+    test_y = torch.load(root / "data.pt")["test_y"]
+
+    def counted(model, split, *a, **kw):
+        calls.append(split.y)
+        return real(model, split, *a, **kw)
+
+    monkeypatch.setattr(study, "evaluate", counted)
+    for method, evaluations in (("magnitude", 1), ("random", 3)):
+        run_prune(cfg, "mlp", 0, method, 0.5, *args, root / "ev.pt", root / "ev.csv")
+        calls.clear()
+        out = run_retrain(
+            cfg, "mlp", 0, method, 0.5, *args, root / "ev.pt", root / "m.json",
+            root / "ev_r.csv", root / "ev_c.csv",
+        )  # fmt: skip
+        assert [r["iterations"] for r in out] == [0, 0, 0]
+        assert len(calls) == evaluations  # the test images, never the validation split
+        assert all(torch.equal(y, test_y) for y in calls)
+        assert len({(r["test_loss"], r["test_acc"]) for r in out}) == evaluations
+        assert "val_acc" not in out[0]
+
+
 def test_pruning_data_is_a_fixed_seeded_subset_of_the_training_split():
     from prunetime.study import pruning_indices
 
