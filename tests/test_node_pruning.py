@@ -612,13 +612,15 @@ def test_unit_compaction_only_for_whole_unit_removal():
 @pytest.mark.parametrize(("arch", "n_trials"), [("lenet300100", 3), ("lenet5", 1)])
 def test_retraining_the_smaller_network_equals_masked_retraining(arch, n_trials):
     from prunetime.data import Split
-    from prunetime.ensemble import TrialSpec, retrain_trials
+    from prunetime.ensemble import TrialSpec, _InputCut, retrain_trials
     from prunetime.study import _compact
 
     g = torch.Generator().manual_seed(5)
     train = Split(torch.rand(256, 784, generator=g), torch.randint(0, 10, (256,), generator=g))
     evalset = Split(torch.rand(64, 784, generator=g), torch.randint(0, 10, (64,), generator=g))
+    evalset.x[:, :84] = 0  # blank top rows: LeNet-300-100's checks cut those input columns
     model = _model(arch)
+    assert (_InputCut.of(model, train, evalset) is not None) == (arch == "lenet300100")
     dense = {k: v.detach().clone() for k, v in model.named_parameters()}
 
     def specs() -> list[TrialSpec]:
