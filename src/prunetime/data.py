@@ -239,9 +239,9 @@ def prepare_dataset(
 # Samples per forward pass when evaluating a split without autograd. Bounded chunks keep
 # each layer's output small: a LeNet-5 evaluation of 10k images ran 3.5x faster in chunks of
 # 256 than in one pass (when max_pool2d still ran there), and 2.6x slower in chunks of 2000
-# than of 1000 (outputs above glibc's 32 MB mmap threshold are page-faulted afresh on every
-# call). Since checks pool with strided maxima, 1000 images in one pass were the fastest
-# check for both LeNets (LeNet-300-100 1.2x, LeNet-5 1.07x against 256; benchmarks/README.md).
+# than of 1000 (its first map is then 38 MB). Since checks pool with strided maxima, 1000
+# images in one pass were the fastest check for both LeNets (LeNet-300-100 1.2x, LeNet-5
+# 1.07x against 256; benchmarks/README.md).
 EVAL_CHUNK = 1000
 # Samples per forward/backward pass when a gradient over a split is accumulated: autograd
 # keeps every layer's output, and a LeNet-5 gradient over 1000 images took 209 ms in one

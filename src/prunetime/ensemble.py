@@ -345,7 +345,7 @@ def retrain_trials(
     per_trial = 4 * (8 * n_params + 4 * batch_size * act)
     size = max(1, min(len(trials), group_bytes // per_trial)) if batched else 1
     # A check's chunk: at most EVAL_CHUNK images and CHUNK_BYTES of activations over the
-    # group's trials (larger outputs are page-faulted afresh on every call).
+    # group's trials (larger passes were slower: see data.EVAL_CHUNK).
     chunk = max(1, min(len(evalset), EVAL_CHUNK, CHUNK_BYTES // (4 * act * size)))
     results: list[TrialResult | None] = [None] * len(trials)
     # One loop over all groups: its state is keyed by trial index, and its count of finished
