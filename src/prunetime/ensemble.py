@@ -121,9 +121,7 @@ class _InputCut:
     order, as long as the weights on the cut columns are finite (else the full product).
     """
 
-    def __init__(self, name: str, train: Split, evalset: Split) -> None:
-        flat = evalset.x.reshape(len(evalset.x), -1)
-        nonzero = (flat != 0).any(0)
+    def __init__(self, name: str, train: Split, flat: torch.Tensor, nonzero: torch.Tensor) -> None:
         self.name, self.k = name, int(nonzero.sum())
         self.perm = torch.cat([nonzero.nonzero().flatten(), (~nonzero).nonzero().flatten()])
         self.inv = torch.argsort(self.perm)
@@ -140,9 +138,10 @@ class _InputCut:
             return None
         in_features = dict(template.named_parameters())[name].shape[-1]
         flat = evalset.x.reshape(len(evalset.x), -1)
-        if flat.shape[1] != in_features or bool((flat != 0).any(0).all()):
+        if flat.shape[1] != in_features:
             return None
-        return _InputCut(name, train, evalset)
+        nonzero = (flat != 0).any(0)
+        return None if bool(nonzero.all()) else _InputCut(name, train, flat, nonzero)
 
     def permuted(self, tensors: Tensors, order: torch.Tensor) -> Tensors:
         """``tensors`` with the input weight's columns in ``order`` (perm in, inv out)."""
