@@ -122,6 +122,8 @@ class _InputCut:
     """
 
     def __init__(self, name: str, train: Split, flat: torch.Tensor, nonzero: torch.Tensor) -> None:
+        """``flat``: the evaluation images flattened; ``nonzero``: their columns not all zero
+        (built by :meth:`of`)."""
         self.name, self.k = name, int(nonzero.sum())
         self.perm = torch.cat([nonzero.nonzero().flatten(), (~nonzero).nonzero().flatten()])
         self.inv = torch.argsort(self.perm)
