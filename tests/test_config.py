@@ -93,7 +93,12 @@ def test_defaults_filled_for_minimal_config():
     assert cfg["pruning"]["methods"] == ["random", "magnitude"]
     assert cfg["pruning"]["amounts"] == pytest.approx([0.1 * i for i in range(1, 10)])
     assert cfg["pruning"]["layers"] == "all" and cfg["pruning"]["with_replacement"] is False
-    assert cfg["retrain"] == {"masked": True, "check_every": 1, "ensemble": "auto"}
+    assert cfg["retrain"] == {
+        "masked": True,
+        "check_every": 1,
+        "screen": True,
+        "ensemble": "auto",
+    }
     assert cfg["bounds"] == {"gamma_quantile": 0.0, "mu_ratio": 1.0, "ci_level": 0.95}
     assert (cfg["device"], cfg["threads"], cfg["results_dir"]) == ("auto", 1, "results")
 

@@ -96,7 +96,9 @@ def test_reference_loop_checks_every_step_and_counts_exactly(task) -> None:
     """check_every=1, one trial: the stopping step is the first step meeting the criterion."""
     torch.manual_seed(3)
     model = build_model("lenet300100")
-    (full,) = run(model, trials(model, 1), task, check_every=1, max_iters=30, batched=False)
+    (full,) = run(
+        model, trials(model, 1), task, check_every=1, max_iters=30, batched=False, screen=False
+    )
     assert full.status == "capped" and [s for s, _ in full.eval_losses] == list(range(31))
     losses = [loss for _, loss in full.eval_losses]
     target = losses[17] - 1e-4  # first reached at step 17 (the curve is checked below)
@@ -191,6 +193,7 @@ def test_ensemble_setting_auto_batches_fully_connected_networks_on_a_gpu_only() 
     assert validate_config(dict(base))["retrain"] == {
         "masked": True,
         "check_every": 1,
+        "screen": True,
         "ensemble": "auto",
     }
     with pytest.raises(ConfigError, match="retrain.ensemble"):
@@ -281,3 +284,91 @@ def test_a_non_finite_weight_on_a_cut_column_shows_in_the_check(bordered):
             assert losses[0] == pytest.approx(losses[1], abs=1e-6)
         else:
             assert all(v != v for v in losses)  # NaN with and without the cut
+
+
+def _screened_rows(monkeypatch) -> list[int]:
+    """Records how many images each screened (partial) evaluation covered."""
+    from prunetime import ensemble
+
+    widths: list[int] = []
+    orig = ensemble._Ensemble.image_losses
+
+    def spy(self, evalset, chunk, rows=None):
+        if rows is not None:
+            widths.append(rows.shape[1])
+        return orig(self, evalset, chunk, rows)
+
+    monkeypatch.setattr(ensemble._Ensemble, "image_losses", spy)
+    return widths
+
+
+@pytest.fixture(scope="module")
+def noisy() -> dict:
+    """The teacher task with a fifth of the labels random: like MNIST's hard images, a few
+    images carry much of the loss, so the hardest images alone can show a loss above the band."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1600, 1, 28, 28, generator=g)
+    y = (x.flatten(1) @ torch.randn(784, 10, generator=g)).argmax(1)
+    flip = torch.rand(1600, generator=g) < 0.2
+    y[flip] = torch.randint(0, 10, (int(flip.sum()),), generator=g)
+    return {"train": Split(x[:1000], y[:1000]), "eval": Split(x[1000:], y[1000:])}
+
+
+@pytest.mark.parametrize(
+    ("arch", "batched", "every"),
+    [("lenet300100", False, 1), ("lenet300100", True, 1), ("lenet5", False, 1),
+     ("lenet300100", False, 4)],
+)  # fmt: skip
+def test_screened_checks_stop_at_the_same_steps_as_full_checks(
+    noisy, monkeypatch, arch: str, batched: bool, every: int
+) -> None:
+    """A screen skips images only where the loss is provably above the band: the counts,
+    statuses, weights and final losses are those of checks over all images."""
+    torch.manual_seed(9)
+    model = build_model(arch)
+    # The losses fall from 2.3 to about 1.6 and enter the wide band [1.1, 1.7] from above, so
+    # a screen that tested against the target instead of the band's edge would skip the
+    # checks the trials converge at.
+    kw = dict(target_loss=1.4, eps=0.3, max_iters=40, batched=batched, check_every=every)
+    full = run(model, trials(model, 4), noisy, screen=False, **kw)
+    widths = _screened_rows(monkeypatch)
+    got = run(model, trials(model, 4), noisy, screen=True, **kw)
+    assert widths and min(widths) < len(noisy["eval"])  # checks did skip images
+    assert [r.iterations for r in got] == [r.iterations for r in full]
+    assert [r.status for r in got] == [r.status for r in full]
+    assert "converged" in {r.status for r in got}
+    assert len({r.iterations for r in got}) > 1  # trials stop at their own steps
+    for a, b in zip(got, full, strict=True):
+        for k in a.state:  # the checks never touch training: the very same weights
+            assert torch.equal(a.state[k], b.state[k]), k
+        assert a.final_eval_loss == pytest.approx(b.final_eval_loss, rel=1e-6)
+        # The curve holds the fully evaluated checks: a subset of the full run's, with the
+        # same values, and always the stopping step.
+        full_curve = dict(b.eval_losses)
+        assert a.eval_losses[-1][0] == a.iterations
+        for step, loss in a.eval_losses:
+            assert loss == pytest.approx(full_curve[step], rel=1e-6)
+    if every == 1:
+        assert sum(len(r.eval_losses) for r in got) < sum(len(r.eval_losses) for r in full)
+
+
+def test_a_capped_screened_trial_reports_its_exact_final_loss(noisy) -> None:
+    torch.manual_seed(10)
+    model = build_model("lenet300100")
+    kw = dict(target_loss=0.0, eps=1e-9, max_iters=12, batched=False)
+    full = run(model, trials(model, 2), noisy, screen=False, **kw)
+    got = run(model, trials(model, 2), noisy, screen=True, **kw)
+    for a, b in zip(got, full, strict=True):
+        assert a.status == b.status == "capped" and a.iterations == b.iterations == 12
+        assert a.eval_losses[-1][0] == 12 and len(a.eval_losses) < len(b.eval_losses)
+        assert a.final_eval_loss == pytest.approx(b.final_eval_loss, rel=1e-6)
+
+
+def test_screened_checks_find_divergence_at_the_same_step(noisy) -> None:
+    torch.manual_seed(4)
+    model = build_model("lenet300100")
+    kw = dict(lr=5.0, max_iters=30, divergence_factor=3.0, batched=False)
+    full = run(model, trials(model, 3), noisy, screen=False, **kw)
+    got = run(model, trials(model, 3), noisy, screen=True, **kw)
+    assert all(r.status == "diverged" for r in full)
+    assert [(r.iterations, r.status) for r in got] == [(r.iterations, r.status) for r in full]

@@ -551,6 +551,45 @@ def test_runs_ending_with_the_same_weights_are_evaluated_on_the_test_split_once(
         assert "val_acc" not in out[0]
 
 
+def test_the_check_screen_is_in_the_job_slice_only_when_off_and_reaches_the_trials(
+    tiny_study, monkeypatch
+):
+    """On (the default) the retraining slice is as it was before the key existed, so finished
+    results are not rerun; off, the slice changes (a rerun) and the trials check every image."""
+    import copy
+
+    from prunetime import study
+    from prunetime.config import validate_config
+    from prunetime.plan import job_config
+
+    root, cfg = tiny_study["root"], tiny_study["cfg"]
+    assert cfg["retrain"]["screen"] is True
+    assert "screen" not in job_config(cfg, "mlp", "retrain")["retrain"]
+    off = copy.deepcopy(cfg)
+    off["retrain"]["screen"] = False
+    assert validate_config(off)["retrain"]["screen"] is False
+    assert job_config(off, "mlp", "retrain")["retrain"]["screen"] is False
+    seen: list[bool] = []
+    real = study.retrain_trials
+
+    def spy(*a, **kw):
+        seen.append(kw["screen"])
+        return real(*a, **kw)
+
+    monkeypatch.setattr(study, "retrain_trials", spy)
+    args = (root / "data.pt", root / "d.pt")
+    study.run_prune(cfg, "mlp", 0, "random", 0.5, *args, root / "sc.pt", root / "sc.csv")
+    for slice_, name in (
+        (job_config(cfg, "mlp", "retrain"), "on"),
+        (job_config(off, "mlp", "retrain"), "off"),
+    ):
+        study.run_retrain(
+            slice_, "mlp", 0, "random", 0.5, *args, root / "sc.pt", root / "m.json",
+            root / f"sc_{name}_r.csv", root / f"sc_{name}_c.csv",
+        )  # fmt: skip
+    assert seen == [True, False]
+
+
 def test_pruning_data_is_a_fixed_seeded_subset_of_the_training_split():
     from prunetime.study import pruning_indices
 

@@ -17,6 +17,17 @@ the steps since that check are replayed from a snapshot with a check after every
 the reported iteration count is the first step meeting the criterion: exact, unless the loss
 entered the band and left it on the side it came from between two checks. With
 ``check_every=1`` every step is checked, the authors' protocol on our evaluation subset.
+
+A check is screened (``screen=True``, the default): the mean loss over the evaluation set is
+at least the sum over any of its images divided by their total count, since cross-entropy is
+never negative. So the check first evaluates the images that had the highest losses when last
+seen; if their sum alone puts the loss above the eps band (with a margin for float error), the
+trial is certainly not within eps and the rest is skipped. Otherwise the rest is evaluated and
+the loss is exact. Whether a check passes is thus decided as without the screen: the counts
+are exact, and only the loss curves lack the skipped checks' values. Divergence is decided on
+exact losses too wherever the hardest images show it: a check whose hardest images' mean
+passes the divergence limit is completed. Only a loss carried past the limit by the images
+that were the easiest when last seen, while the hardest stay below it, would be found later.
 """
 
 from __future__ import annotations
@@ -37,6 +48,14 @@ Tensors = dict[str, torch.Tensor]
 # Activation bytes of one check chunk over all trials of a group (one LeNet-5 trial: 1000
 # images are 13 MB; 50 LeNet-300-100 trials: 395 images).
 CHUNK_BYTES = 64 * 2**20
+# A screened check skips the rest of the evaluation set only when the hardest images' loss sum
+# passes the band's upper edge by this relative margin: far above the float error of the
+# sum (per-image losses summed in float64), so the full loss would be above the band too.
+SCREEN_MARGIN = 1e-4
+# The screen evaluates SCREEN_SLACK times as many of the hardest images as, by their last-seen
+# losses, would pass the band (losses move between checks), rounded up to SCREEN_ROUND. When
+# they do not pass it, only the rest is evaluated next: a miss costs a second, smaller pass.
+SCREEN_SLACK, SCREEN_ROUND = 1.25, 32
 
 
 @dataclass
@@ -227,22 +246,37 @@ class _Ensemble:
 
     @torch.no_grad()
     def eval_losses(self, evalset: Split, chunk: int) -> torch.Tensor:
-        """Mean cross-entropy of every trial on ``evalset`` (chunked to bound memory)."""
+        """Mean cross-entropy of every trial on ``evalset`` (per-image losses summed in float64,
+        so the mean does not depend on the order or grouping in which images were evaluated)."""
+        return self.image_losses(evalset, chunk).double().sum(1) / len(evalset)
+
+    @torch.no_grad()
+    def image_losses(
+        self, evalset: Split, chunk: int, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Per-image cross-entropy [trials, n] of every trial, chunked to bound memory: on all
+        of ``evalset`` in order (``rows`` None), or on each trial's own ``rows`` [trials, n]."""
         params, x_all = self.params, evalset.x
         if self.cut is not None:
             params, x_all = self.cut.eval_input(params)
-        total = torch.zeros(len(self.ids), dtype=torch.float64, device=evalset.x.device)
-        for start in range(0, len(evalset), chunk):
-            x, y = x_all[start : start + chunk], evalset.y[start : start + chunk]
-            logits = self._forward(params, x, shared_x=True)
-            ys = y.repeat(len(self.ids)) if len(self.ids) > 1 else y
-            total += (
-                F.cross_entropy(logits.flatten(0, 1), ys, reduction="none")
-                .view(len(self.ids), -1)
-                .sum(1)
-                .double()
-            )
-        return total / len(evalset)
+        trials = len(self.ids)
+        n = len(evalset) if rows is None else rows.shape[1]
+        out = []
+        for start in range(0, n, chunk):
+            if rows is None:
+                x, y = x_all[start : start + chunk], evalset.y[start : start + chunk]
+                logits = self._forward(params, x, shared_x=True)
+                ys = y.repeat(trials) if trials > 1 else y
+            else:
+                r = rows[:, start : start + chunk]
+                if self.batched:
+                    logits = self._forward(params, x_all[r], shared_x=False)
+                else:
+                    logits = self._forward(params, x_all.index_select(0, r[0]), shared_x=True)
+                ys = evalset.y[r].flatten()
+            losses = F.cross_entropy(logits.flatten(0, 1), ys, reduction="none")
+            out.append(losses.view(trials, -1))
+        return torch.cat(out, 1)
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -320,6 +354,7 @@ def retrain_trials(
     momentum: float = 0.0,
     divergence_factor: float = 100.0,
     check_every: int = 1,
+    screen: bool = True,
     batched: bool = True,
     group_bytes: int = 512 * 2**20,
     progress: Callable[[dict[str, Any]], None] | None = None,
@@ -331,6 +366,9 @@ def retrain_trials(
     or exceeds ``divergence_factor`` times its loss right after pruning; 'capped' when
     ``max_iters`` steps did not reach the criterion. ``batched=False`` trains the trials one
     after another with the same update rules (the reference the ensemble is checked against).
+    ``screen``: checks skip the rest of the evaluation set once its hardest images prove a
+    trial above the eps band (the module docstring says why that is exact); the results then
+    hold the losses of the fully evaluated checks only.
     Trials are batched in groups whose activations and optimizer state fit ``group_bytes``.
     ``on_result(index, result)`` is called as soon as a trial finishes (to journal it).
     """
@@ -351,7 +389,9 @@ def retrain_trials(
     results: list[TrialResult | None] = [None] * len(trials)
     # One loop over all groups: its state is keyed by trial index, and its count of finished
     # trials is what the progress lines report.
-    loop = _Loop(train, evalset, target_loss, eps, divergence_factor, chunk, progress, on_result)
+    loop = _Loop(
+        train, evalset, target_loss, eps, divergence_factor, chunk, screen, progress, on_result
+    )
     cut = _InputCut.of(template, train, evalset)
     for start in range(0, len(trials), size):
         group = list(range(start, min(start + size, len(trials))))
@@ -398,15 +438,61 @@ class _Loop:
         eps: float,
         divergence_factor: float,
         chunk: int,
+        screen: bool,
         progress: Callable[[dict[str, Any]], None] | None,
         on_result: Callable[[int, TrialResult], None] | None,
     ) -> None:
         self.train, self.evalset, self.target, self.eps = train, evalset, target, eps
-        self.factor, self.chunk = divergence_factor, chunk
+        self.factor, self.chunk, self.screen = divergence_factor, chunk, screen
         self.progress, self.on_result = progress, on_result
         self.limits: dict[int, float] = {}
-        self.curves: dict[int, list[tuple[int, float]]] = {}
+        self.curves: dict[int, list[tuple[int, float]]] = {}  # fully evaluated checks
+        self.sides: dict[int, int] = {}  # the side of the band at the latest check
+        self.seen: dict[int, torch.Tensor] = {}  # per-image losses when last evaluated
         self.done = 0
+
+    def _losses(self, ens: _Ensemble, full: bool) -> list[float | None]:
+        """Every trial's loss on the evaluation set; None where a screen proved it above the
+        eps band (and, by its hardest images, not past the divergence limit)."""
+        n = len(self.evalset)
+        if not self.screen:
+            return ens.eval_losses(self.evalset, self.chunk).tolist()
+        need = (self.target + self.eps) * n * (1 + SCREEN_MARGIN)
+        rows = order = None
+        if not full:
+            seen = torch.stack([self.seen[tid] for tid in ens.ids])
+            order = seen.argsort(1, descending=True)
+            reach = seen.gather(1, order).double().cumsum(1) > need
+            if bool(reach[:, -1].all()):  # the last-seen losses of every trial pass the band
+                k = math.ceil((int(reach.int().argmax(1).max()) + 1) * SCREEN_SLACK)
+                k = -(-k // SCREEN_ROUND) * SCREEN_ROUND
+                rows = order[:, :k] if k < n else None
+        if rows is None or order is None:
+            li = ens.image_losses(self.evalset, self.chunk)
+        else:
+            part = ens.image_losses(self.evalset, self.chunk, rows)
+            s = part.double().sum(1)
+            limit = torch.tensor([self.limits[tid] for tid in ens.ids], dtype=torch.float64)
+            # A trial whose hardest images alone pass the limit (or whose mean does: then the
+            # rest might) is evaluated in full, so divergence is decided on the exact loss.
+            above = torch.isfinite(s) & (s > need) & (s <= limit * n) & (s <= limit * len(rows[0]))
+            self._remember(ens, part, rows)
+            if bool(above.all()):
+                return [None] * len(ens.ids)
+            rest = order[:, rows.shape[1] :]
+            li = torch.empty(len(ens.ids), n, dtype=part.dtype, device=part.device)
+            li.scatter_(1, rows, part)
+            li.scatter_(1, rest, ens.image_losses(self.evalset, self.chunk, rest))
+        self._remember(ens, li, None)
+        return (li.double().sum(1) / n).tolist()
+
+    def _remember(self, ens: _Ensemble, losses: torch.Tensor, rows: torch.Tensor | None) -> None:
+        """Keep the per-image losses just evaluated: they order the next screened check."""
+        for pos, tid in enumerate(ens.ids):
+            if rows is None:
+                self.seen[tid] = losses[pos].clone()
+            else:
+                self.seen[tid][rows[pos]] = losses[pos]
 
     def _event(self, tid: int, loss: float) -> str | None:
         if not math.isfinite(loss) or loss > self.limits[tid]:
@@ -425,11 +511,12 @@ class _Loop:
         """
         out: dict[int, TrialResult] = {}
         if initial:
-            losses = ens.eval_losses(self.evalset, self.chunk).tolist()
+            losses = [math.nan if v is None else v for v in self._losses(ens, full=True)]
             keep = []
             for pos, (tid, loss) in enumerate(zip(ens.ids, losses, strict=True)):
                 self.limits[tid] = self.factor * max(loss, self.target)
                 self.curves[tid] = [(0, loss)]
+                self.sides[tid] = self._side(loss)
                 if abs(loss - self.target) <= self.eps:
                     out[tid] = TrialResult(0, "converged", loss, ens.state_of(pos), [(0, loss)])
                     self._report(out, [tid])
@@ -447,9 +534,10 @@ class _Loop:
             ens.train_step(self.train)
             if t % every and t != t_end:
                 continue
-            losses = ens.eval_losses(self.evalset, self.chunk).tolist()
+            # The last step's check is never screened: a capped trial reports its exact loss.
+            losses = self._losses(ens, full=t == t_end)
             events = {
-                pos: self._event(tid, loss)
+                pos: None if loss is None else self._event(tid, loss)
                 for pos, (tid, loss) in enumerate(zip(ens.ids, losses, strict=True))
             }
             found = [pos for pos, ev in events.items() if ev is not None]
@@ -458,8 +546,7 @@ class _Loop:
             crossed = [
                 pos
                 for pos, (tid, loss) in enumerate(zip(ens.ids, losses, strict=True))
-                if events[pos] is None
-                and self._side(loss) * self._side(self.curves[tid][-1][1]) < 0
+                if events[pos] is None and self._side(loss) * self.sides[tid] < 0
             ]
             if (found or crossed) and every > 1 and t - t_snap > 1:
                 # Replay the window (t_snap, t) with a check after every step.
@@ -467,15 +554,19 @@ class _Loop:
                 out.update(self.run(sub, t_snap, t - 1, 1))
             found = [pos for pos in range(len(ens.ids)) if events[pos] or ens.ids[pos] in out]
             for pos in found:
-                tid = ens.ids[pos]
+                tid, loss = ens.ids[pos], losses[pos]
                 if tid not in out:
-                    self.curves[tid].append((t, losses[pos]))
+                    assert loss is not None  # an event is only ever found on an exact loss
+                    self.curves[tid].append((t, loss))
                     out[tid] = TrialResult(
-                        t, str(events[pos]), losses[pos], ens.state_of(pos), self.curves[tid]
+                        t, str(events[pos]), loss, ens.state_of(pos), self.curves[tid]
                     )
             for pos, tid in enumerate(ens.ids):
+                loss = losses[pos]
                 if pos not in found:
-                    self.curves[tid].append((t, losses[pos]))
+                    self.sides[tid] = self._side(loss)
+                    if loss is not None:
+                        self.curves[tid].append((t, loss))
             if initial:
                 self._report(out, [ens.ids[pos] for pos in found])
             if found:
@@ -496,9 +587,9 @@ class _Loop:
                 self.progress({"step": t, "active": 0, "done": self.done})
         return out
 
-    def _side(self, loss: float) -> int:
-        """+1 above the eps band around the target, -1 below it, 0 inside."""
-        if loss > self.target + self.eps:
+    def _side(self, loss: float | None) -> int:
+        """+1 above the eps band around the target (None: a screen proved it), -1 below, 0 in."""
+        if loss is None or loss > self.target + self.eps:
             return 1
         return -1 if loss < self.target - self.eps else 0
 

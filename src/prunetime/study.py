@@ -479,6 +479,7 @@ def run_retrain(
         momentum=rt["momentum"],
         divergence_factor=rt["divergence_factor"],
         check_every=config["retrain"]["check_every"],
+        screen=config["retrain"].get("screen", True),  # the job slice holds it only when off
         batched=use_ensemble(config["retrain"]["ensemble"], template, device),
         progress=progress,
         on_result=finished,

@@ -319,6 +319,7 @@ def retrain_to_convergence(
         momentum=momentum,
         divergence_factor=divergence_factor,
         check_every=check_every,
+        screen=False,  # every check's loss: eval_losses is indexed by step
         batched=False,
     )
     with torch.no_grad():
