@@ -217,10 +217,16 @@ class _Ensemble:
         self.template, self.masks, self.streams, self.opt = template, masks, streams, opt
         self.ids, self.batched, self.cut = ids, batched, cut
         self.params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        # The masks in the weights' dtype: multiplying a gradient by a bool mask converts the
+        # mask on every step (a copy per weight), by 1.0 and 0.0 gives the same values.
+        self.grad_masks = {k: m.to(self.params[k].dtype) for k, m in (masks or {}).items()}
 
     def _forward(self, params: Tensors, x: torch.Tensor, shared_x: bool) -> torch.Tensor:
         if not self.batched:  # one trial: a plain functional call on its weights
-            return functional_call(self.template, {k: v[0] for k, v in params.items()}, (x,))[None]
+            # A view without the trial axis: its backward is a view too (indexing with [0]
+            # would fill a zero tensor and copy the gradient into it, for every weight).
+            flat = {k: v.view(v.shape[1:]) for k, v in params.items()}
+            return functional_call(self.template, flat, (x,))[None]
         fn = vmap(
             lambda p, xb: functional_call(self.template, p, (xb,)),
             in_dims=(0, None if shared_x else 0),
@@ -235,9 +241,8 @@ class _Ensemble:
         logits = self._forward(self.params, x, shared_x=False)
         per_trial = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(y)
         per_trial.mean(1).sum().backward()
-        if self.masks:
-            for k, m in self.masks.items():
-                self.params[k].grad.mul_(m)
+        for k, m in self.grad_masks.items():
+            self.params[k].grad.mul_(m)
         # Pruned weights start at zero and get zero gradients, so Adam's moments and SGD's
         # momentum stay zero there and the update leaves them exactly zero: no re-masking.
         self.opt.step(self.params)
