@@ -372,3 +372,31 @@ def test_screened_checks_find_divergence_at_the_same_step(noisy) -> None:
     got = run(model, trials(model, 3), noisy, screen=True, **kw)
     assert all(r.status == "diverged" for r in full)
     assert [(r.iterations, r.status) for r in got] == [(r.iterations, r.status) for r in full]
+
+
+def test_a_checks_chunk_is_bounded_by_activation_bytes_and_changes_no_result(
+    noisy, monkeypatch
+) -> None:
+    """CHUNK_BYTES bounds the images a check passes at once over a group's trials; any bound
+    gives the same per-image losses, so the same counts and final losses."""
+    from prunetime import ensemble
+
+    torch.manual_seed(11)
+    model = build_model("lenet300100")
+    kw = dict(target_loss=1.4, eps=0.3, max_iters=20, batched=True)
+    ref = run(model, trials(model, 3), noisy, **kw)
+    chunks: list[int] = []
+    orig = ensemble._Ensemble.image_losses
+
+    def spy(self, evalset, chunk, rows=None):
+        chunks.append(chunk)
+        return orig(self, evalset, chunk, rows)
+
+    monkeypatch.setattr(ensemble._Ensemble, "image_losses", spy)
+    act = ensemble._activation_elems(model, noisy["eval"].x)
+    monkeypatch.setattr(ensemble, "CHUNK_BYTES", 4 * act * 3 * 50)  # 50 images x 3 trials
+    got = run(model, trials(model, 3), noisy, **kw)
+    assert chunks and set(chunks) == {50}
+    assert [r.iterations for r in got] == [r.iterations for r in ref]
+    for a, b in zip(got, ref, strict=True):
+        assert a.final_eval_loss == pytest.approx(b.final_eval_loss, rel=1e-6)
