@@ -478,9 +478,9 @@ class _Loop:
             part = ens.image_losses(self.evalset, self.chunk, rows)
             s = part.double().sum(1)
             limit = torch.tensor([self.limits[tid] for tid in ens.ids], dtype=torch.float64)
-            # A trial whose hardest images alone pass the limit (or whose mean does: then the
-            # rest might) is evaluated in full, so divergence is decided on the exact loss.
-            above = torch.isfinite(s) & (s > need) & (s <= limit * n) & (s <= limit * len(rows[0]))
+            # A trial whose hardest images' mean passes the divergence limit (then the whole
+            # mean might) is evaluated in full, so divergence is decided on the exact loss.
+            above = torch.isfinite(s) & (s > need) & (s <= limit * rows.shape[1])
             self._remember(ens, part, rows)
             if bool(above.all()):
                 return [None] * len(ens.ids)
