@@ -253,7 +253,7 @@ class _Ensemble:
     def eval_losses(self, evalset: Split, chunk: int) -> torch.Tensor:
         """Mean cross-entropy of every trial on ``evalset`` (per-image losses summed in float64,
         so the mean does not depend on the order or grouping in which images were evaluated)."""
-        return self.image_losses(evalset, chunk).double().sum(1) / len(evalset)
+        return _mean(self.image_losses(evalset, chunk))
 
     @torch.no_grad()
     def image_losses(
@@ -313,6 +313,12 @@ class _Ensemble:
         """Trial ``pos``'s weights (in the input's own column order)."""
         state = {k: v.detach()[pos].clone() for k, v in self.params.items()}
         return self.cut.permuted(state, self.cut.inv) if self.cut else state
+
+
+def _mean(losses: torch.Tensor) -> torch.Tensor:
+    """Each trial's mean of its per-image losses [trials, n], summed in float64: the same
+    value whichever images were evaluated together or in which order."""
+    return losses.double().sum(1) / losses.shape[1]
 
 
 def _restore(ens: _Ensemble, snap: dict[str, Any], positions: list[int]) -> _Ensemble:
@@ -460,14 +466,11 @@ class _Loop:
         """Every trial's loss on the evaluation set; None where a screen proved it above the
         eps band (and, by its hardest images, not past the divergence limit)."""
         n = len(self.evalset)
-        if not self.screen:
-            return ens.eval_losses(self.evalset, self.chunk).tolist()
-        need = (self.target + self.eps) * n * (1 + SCREEN_MARGIN)
         rows = order = None
-        if not full:
-            seen = torch.stack([self.seen[tid] for tid in ens.ids])
-            order = seen.argsort(1, descending=True)
-            reach = seen.gather(1, order).double().cumsum(1) > need
+        need = (self.target + self.eps) * n * (1 + SCREEN_MARGIN)
+        if self.screen and not full:
+            seen, order = torch.stack([self.seen[tid] for tid in ens.ids]).sort(1, descending=True)
+            reach = seen.double().cumsum(1) > need
             if bool(reach[:, -1].all()):  # the last-seen losses of every trial pass the band
                 k = math.ceil((int(reach.int().argmax(1).max()) + 1) * SCREEN_SLACK)
                 k = -(-k // SCREEN_ROUND) * SCREEN_ROUND
@@ -480,16 +483,16 @@ class _Loop:
             limit = torch.tensor([self.limits[tid] for tid in ens.ids], dtype=torch.float64)
             # A trial whose hardest images' mean passes the divergence limit (then the whole
             # mean might) is evaluated in full, so divergence is decided on the exact loss.
-            above = torch.isfinite(s) & (s > need) & (s <= limit * rows.shape[1])
-            self._remember(ens, part, rows)
-            if bool(above.all()):
+            if bool((torch.isfinite(s) & (s > need) & (s <= limit * rows.shape[1])).all()):
+                self._remember(ens, part, rows)
                 return [None] * len(ens.ids)
             rest = order[:, rows.shape[1] :]
             li = torch.empty(len(ens.ids), n, dtype=part.dtype, device=part.device)
             li.scatter_(1, rows, part)
             li.scatter_(1, rest, ens.image_losses(self.evalset, self.chunk, rest))
-        self._remember(ens, li, None)
-        return (li.double().sum(1) / n).tolist()
+        if self.screen:
+            self._remember(ens, li, None)
+        return _mean(li).tolist()
 
     def _remember(self, ens: _Ensemble, losses: torch.Tensor, rows: torch.Tensor | None) -> None:
         """Keep the per-image losses just evaluated: they order the next screened check."""
