@@ -39,3 +39,29 @@ def test_training_jobs_import_no_heavy_library_before_training() -> None:
         [sys.executable, "-c", JOB], cwd=REPO, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "", f"imported: {out.stdout.strip()}"
+
+
+TABLE_JOB = r"""
+import sys
+sys.path.insert(0, "scripts")
+import runpy
+for script in ("bounds", "report", "report_summary", "pretrain_report", "pretrain_threshold",
+               "gates_report"):
+    sys.argv = [script, "--help"]
+    try:
+        runpy.run_path(f"scripts/{script}.py", run_name="__main__")
+    except SystemExit:
+        pass
+from prunetime import analysis, bounds, curvature, io, report, summary  # noqa: F401
+print("torch" in sys.modules)
+"""
+
+
+def test_table_and_report_jobs_import_no_torch() -> None:
+    """The bounds, report and summary jobs run one after another at the end of a study (no
+    other job can fill the second core): they read tables and JSON only, and importing torch
+    would add about 2 s to each."""
+    out = subprocess.run(
+        [sys.executable, "-c", TABLE_JOB], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "False"

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
-from prunetime.data import Split
+if TYPE_CHECKING:  # the formulas below need no torch: the bounds job computes only those
+    import torch
+    from torch import nn
+
+    from prunetime.data import Split
 
 
 def grad_sq_norms(model: nn.Module, split: Split, names: Sequence[str]) -> dict[str, float]:

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+if TYPE_CHECKING:  # only grad_vectors needs torch; the bounds job imports the formulas
+    import torch
+    from torch import nn
 
-from prunetime.data import GRAD_CHUNK, Split
+    from prunetime.data import Split
 
 ESTIMATORS = {"connection": "secant", "node": "pl"}
 
@@ -35,6 +36,11 @@ def grad_vectors(model: nn.Module, split: Split, names: Sequence[str]) -> dict[s
     The same computation as :func:`prunetime.bounds.grad_sq_norms`, kept as tensors (on the
     CPU, float64) so differences of gradients can be taken.
     """
+    import torch
+    import torch.nn.functional as F
+
+    from prunetime.data import GRAD_CHUNK
+
     params = dict(model.named_parameters())
     wanted = [params[n] for n in names]
     model.zero_grad(set_to_none=True)

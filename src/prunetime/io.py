@@ -11,8 +11,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
-
 
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
@@ -51,13 +49,22 @@ def write_csv(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]]) -
         writer.writerows(rows)
 
 
+# torch is imported where a checkpoint is read or written, not with the module: the bounds,
+# report and summary jobs use only the text helpers here, and importing torch is about 2 s
+# of each of those jobs (they run one after another at the end of a study).
+
+
 def save_torch(path: str | os.PathLike[str], obj: Any) -> None:
+    import torch
+
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
 
 def load_torch(path: str | os.PathLike[str]) -> Any:
     """Load a checkpoint with ``weights_only=True``: pickled code is refused, naming the file."""
+    import torch
+
     try:
         return torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:
