@@ -146,6 +146,19 @@ def test_workflow_parse_imports_no_torch(tmp_path: Path) -> None:
     assert prio["arch=lenet300100, seed=0, method=random, amount=0.9"] == max(prio.values())
     # lowest: a deterministic LeNet-5 job at s = 0.1 (one run, cap 150)
     assert max(prio.values()) == 45000 and min(prio.values()) == 15
+    # The jobs every prune job of an architecture waits for go before all of them.
+    gates = re.findall(
+        r"rule (train_dense|jacobians):.*?wildcards: arch=(\w+).*?priority: (\d+)",
+        out.stdout + out.stderr,
+        flags=re.S,
+    )
+    assert sorted((rule, arch) for rule, arch, _ in gates) == [
+        ("jacobians", "lenet300100"),
+        ("jacobians", "lenet5"),
+        ("train_dense", "lenet300100"),
+        ("train_dense", "lenet5"),
+    ]
+    assert {int(p) for *_, p in gates} == {45001}
 
 
 def test_job_priority_puts_the_costliest_retraining_first() -> None:
@@ -159,3 +172,7 @@ def test_job_priority_puts_the_costliest_retraining_first() -> None:
     assert prio(cfg, "lenet5", "random", 0.1) > prio(cfg, "lenet5", "magnitude", 0.9)
     cfg["pruning"]["repeat_deterministic"] = True
     assert prio(cfg, "lenet5", "magnitude", 0.9) == prio(cfg, "lenet5", "random", 0.9)
+    # The gating jobs (dense training, Jacobians) outrank every prune and retrain job.
+    assert plan.gate_priority(cfg) == prio(cfg, "lenet300100", "random", 0.9) + 1
+    cfg["architectures"]["lenet300100"]["retrain"]["max_iters"] = 10
+    assert plan.gate_priority(cfg) == prio(cfg, "lenet5", "random", 0.9) + 1

@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from prunetime import catalog
 from prunetime.config import ConfigError, validate_config
-from prunetime.plan import fmt_amount, job_combos, job_config, job_priority
+from prunetime.plan import fmt_amount, gate_priority, job_combos, job_config, job_priority
 
 # Facts about the registered models and methods, cached per source version, so that parsing
 # the workflow (every call, dry runs included) does not import torch.
@@ -60,6 +60,8 @@ def priority_of(wc):
     return job_priority(config, wc.arch, wc.method, wc.amount)
 
 
+# Dense training and the Jacobians gate every prune job of their architecture: they go first.
+GATE_PRIORITY = gate_priority(config)
 COMBOS = job_combos(config)  # (arch, method) pairs: a fully-connected-only method skips convs
 
 

@@ -13,6 +13,7 @@ rule train_dense:
     benchmark:
         f"{BENCH}/train_dense/{{arch}}_seed{{seed}}.tsv"
     threads: THREADS
+    priority: GATE_PRIORITY
     resources:
         gpu=GPUS,
     conda:

@@ -14,6 +14,7 @@ rule jacobians:
     benchmark:
         f"{BENCH}/jacobians/{{arch}}_seed{{seed}}.tsv"
     threads: THREADS
+    priority: GATE_PRIORITY
     resources:
         gpu=GPUS,
     conda:
