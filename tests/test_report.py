@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
 from html import escape
@@ -16,6 +17,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from prunetime import style
 from prunetime.analysis import add_bounds, add_netdev, headline_metrics, summarize
 from prunetime.report import FIGURES, TABLES, fmt_gamma, netdev_findings, run_report
 
@@ -391,6 +393,7 @@ def test_script_as_the_rule_calls_it(inputs: dict) -> None:
         "--dense", str(inputs["dense"]), "--metrics", str(inputs["metrics"]),
         "--curves", *map(str, inputs["curves"]), "--out-dir", str(out / "figures"),
         "--out-md", str(out / "summary.md"), "--out-html", str(out / "summary.html"),
+        "--threads", "2",
     ]  # fmt: skip
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert res.returncode == 0, res.stderr
@@ -398,3 +401,44 @@ def test_script_as_the_rule_calls_it(inputs: dict) -> None:
         assert (out / "figures" / f"{stem}.png").stat().st_size > 10_000
     assert (out / "summary.html").stat().st_size > 30_000
     assert "diverged" in (out / "summary.md").read_text()
+
+
+def test_figures_drawn_in_parallel_equal_those_drawn_one_by_one(inputs: dict) -> None:
+    """The rule gives the report two cores: the figures are drawn in forked processes, and
+    every file is byte for byte the one a single process writes."""
+    alone = report(inputs)
+    out = inputs["out"].parent / "parallel"
+    together = run_report(
+        {"report": {"format": "png", "dpi": 150}, "study": "synthetic"},
+        inputs["runs"],
+        inputs["summary"],
+        inputs["dense"],
+        inputs["metrics"],
+        inputs["curves"],
+        out / "figures",
+        out / "summary.md",
+        out / "summary.html",
+        workers=2,
+    )
+    for key in FIGURES:
+        assert together[key].read_bytes() == alone[key].read_bytes(), key
+    assert (out / "summary.html").read_bytes() == alone["html"].read_bytes()
+
+
+def test_render_all_draws_in_worker_processes(tmp_path: Path) -> None:
+    def plot(i: int):
+        def make():
+            (tmp_path / f"{i}.pid").write_text(str(os.getpid()))
+            fig = style.new_figure(3, 2)
+            fig.add_subplot().plot([0, 1, 2], [0, i, 2 * i])
+            return fig
+
+        return make
+
+    plots = {f"fig{i}": plot(i) for i in range(3)}
+    together = style.render_all(plots, "png", 150, workers=2)
+    pids = {int(p.read_text()) for p in tmp_path.glob("*.pid")}
+    assert len(list(tmp_path.glob("*.pid"))) == 3 and os.getpid() not in pids
+    alone = style.render_all(plots, "png", 150, workers=1)
+    assert list(together) == list(plots) and together == alone
+    assert len(set(alone.values())) == 3

@@ -22,7 +22,6 @@ import pandas as pd
 import seaborn as sns
 from jinja2 import Environment, select_autoescape
 from markupsafe import Markup
-from matplotlib import rc_context
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -954,12 +953,14 @@ def run_report(
     out_md: Path,
     out_html: Path,
     table_dir: Path | None = None,
+    workers: int = 1,
 ) -> dict[str, Path]:
     """The `report` job: six figures in ``out_dir``, summary.md and a self-contained HTML.
 
     With ``table_dir``, every table of the summary is also written there as a standalone HTML
     page (``TABLES`` names them): the Snakemake report shows them as report items.
-    ``params`` holds ``report: {format, dpi}`` and ``study``. Returns the written paths.
+    ``params`` holds ``report: {format, dpi}`` and ``study``. ``workers``: processes that
+    draw the figures (:func:`prunetime.style.render_all`). Returns the written paths.
     """
     fmt, dpi = style.check_format(params["report"]["format"], params["report"]["dpi"])
     study = str(params.get("study", ""))
@@ -980,7 +981,6 @@ def run_report(
     eval_size = int(dense["eval_size"].max()) if "eval_size" in dense else None
 
     out_dir = Path(out_dir)
-    figures: list[RenderedFigure] = []
     plots = {
         "iterations": lambda: plot_iterations(runs, summary),
         "accuracy": lambda: plot_accuracy(runs, dense, eval_size),
@@ -989,10 +989,10 @@ def run_report(
         "accuracy_amount": lambda: plot_accuracy(runs, dense, eval_size, by="amount"),
         "epochs": lambda: plot_epochs(runs),
     }
-    with rc_context(theme()):
-        for key, make in plots.items():
-            path = out_dir / f"{FIGURES[key]}.{fmt}"
-            figures.append(RenderedFigure(key, path, fmt, render(make(), fmt, dpi)))
+    figures = [
+        RenderedFigure(key, out_dir / f"{FIGURES[key]}.{fmt}", fmt, data)
+        for key, data in style.render_all(plots, fmt, dpi, workers).items()
+    ]
     for f in figures:
         write_bytes(f.path, f.data)
         log.info("wrote %s (%d bytes)", f.path, len(f.data))

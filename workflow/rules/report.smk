@@ -124,14 +124,17 @@ rule report:
         f"{LOGS}/report.log",
     benchmark:
         f"{BENCH}/report.tsv"
-    threads: 1
+    # The figures are drawn in parallel (style.render_all); the job runs after every other
+    # job of the study, so its cores would otherwise idle. Capped at --cores.
+    threads: 2
     conda:
         "../envs/prunetime.yaml"
     shell:
         "python scripts/report.py --params {params.cfg:q} --runs {input.runs:q} "
         "--summary {input.summary:q} --dense {input.dense:q} --metrics {input.metrics:q} "
         "--curves {input.curves:q} --out-dir {params.figdir:q} --out-md {output.summary_md:q} "
-        "--out-html {output.summary_html:q} --table-dir {params.tabledir:q} > {log:q} 2>&1"
+        "--out-html {output.summary_html:q} --table-dir {params.tabledir:q} "
+        "--threads {threads} > {log:q} 2>&1"
 
 
 # The study summary page: headline numbers of every study with results, figures embedded.
