@@ -15,6 +15,6 @@ if __name__ == "__main__":
     p.add_argument("--out-md", type=Path, required=True)
     a = p.parse_args()
     log = setup_logging()
-    written = run_gates_report(a.params, a.runs, a.epochs, a.thetas, a.out_dir, a.out_md)
+    written = run_gates_report(a.params, a.runs, a.epochs, a.thetas, a.out_dir, a.out_md, a.threads)
     for key, path in written.items():
         log.info("%s: %s", key, path)

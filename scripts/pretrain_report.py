@@ -30,6 +30,7 @@ if __name__ == "__main__":
         a.out_dir,
         a.out_md,
         a.table_dir,
+        a.threads,
     )
     for key, path in written.items():
         log.info("%s: %s", key, path)

@@ -15,11 +15,11 @@ from typing import Any
 
 import pandas as pd
 import seaborn as sns
-from matplotlib import rc_context
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from prunetime.report import _new_figure, render, theme, write_bytes, write_text
+from prunetime.report import _new_figure, write_bytes, write_text
+from prunetime.style import render_all
 
 FIGURES = {
     "acc_flops": "accuracy_vs_flops",
@@ -150,22 +150,25 @@ def run_gates_report(
     thetas_path: Path,
     out_dir: Path,
     out_md: Path,
+    workers: int = 1,
 ) -> dict[str, Path]:
+    """The gates report job: four figures in ``out_dir`` (drawn by ``workers`` processes,
+    :func:`prunetime.style.render_all`) and summary.md."""
     fmt, dpi = str(params["report"]["format"]), int(params["report"]["dpi"])
     runs = pd.read_csv(runs_path)
     epochs = pd.read_csv(epochs_path)
     thetas = pd.read_csv(thetas_path)
     written: dict[str, Path] = {}
-    with rc_context(theme()):
-        for key, make in (
-            ("acc_flops", lambda: plot_tradeoff(runs, "flops_frac", "FLOPs (fraction of full)")),
-            ("acc_params", lambda: plot_tradeoff(runs, "params_frac", "parameters (fraction)")),
-            ("thetas", lambda: plot_thetas(thetas)),
-            ("epoch_time", lambda: plot_epoch_time(epochs)),
-        ):
-            path = Path(out_dir) / f"{FIGURES[key]}.{fmt}"
-            write_bytes(path, render(make(), fmt, dpi))
-            written[key] = path
+    plots = {
+        "acc_flops": lambda: plot_tradeoff(runs, "flops_frac", "FLOPs (fraction of full)"),
+        "acc_params": lambda: plot_tradeoff(runs, "params_frac", "parameters (fraction)"),
+        "thetas": lambda: plot_thetas(thetas),
+        "epoch_time": lambda: plot_epoch_time(epochs),
+    }
+    for key, data in render_all(plots, fmt, dpi, workers).items():
+        path = Path(out_dir) / f"{FIGURES[key]}.{fmt}"
+        write_bytes(path, data)
+        written[key] = path
     write_text(
         Path(out_md), summary_markdown(str(params.get("study", "")), runs, written, out_md.parent)
     )

@@ -17,17 +17,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import seaborn as sns
-from matplotlib import rc_context
 from matplotlib.figure import Figure
 
 from prunetime.io import read_json
 from prunetime.style import (
     PALETTE,
     check_format,
-    render,
+    render_all,
     sequential,
     table_html,
-    theme,
     write_bytes,
     write_text,
 )
@@ -456,9 +454,11 @@ def run_pretrain_report(
     out_dir: Path,
     out_md: Path,
     table_dir: Path | None = None,
+    workers: int = 1,
 ) -> dict[str, Path]:
     """The report job: four figures in ``out_dir``, summary.md, and with ``table_dir`` the
-    tables as standalone HTML pages (``TABLES``) for the Snakemake report."""
+    tables as standalone HTML pages (``TABLES``) for the Snakemake report. ``workers``:
+    processes that draw the figures (:func:`prunetime.style.render_all`)."""
     fmt, dpi = check_format(params["report"]["format"], params["report"]["dpi"])
     curves = pd.read_csv(curves_path)
     th = pd.read_csv(thresholds_path)
@@ -467,16 +467,16 @@ def run_pretrain_report(
     metrics = read_json(metrics_path)
     primary = metrics["primary"]
     written: dict[str, Path] = {}
-    with rc_context(theme()):
-        for key, make in (
-            ("loss", lambda: plot_loss(curves, th, primary)),
-            ("accuracy", lambda: plot_accuracy(curves)),
-            ("threshold", lambda: plot_threshold(th, summary, fits, primary)),
-            ("normalised", lambda: plot_normalised(th, summary)),
-        ):
-            path = Path(out_dir) / f"{FIGURES[key]}.{fmt}"
-            write_bytes(path, render(make(), fmt, dpi))
-            written[key] = path
+    plots = {
+        "loss": lambda: plot_loss(curves, th, primary),
+        "accuracy": lambda: plot_accuracy(curves),
+        "threshold": lambda: plot_threshold(th, summary, fits, primary),
+        "normalised": lambda: plot_normalised(th, summary),
+    }
+    for key, data in render_all(plots, fmt, dpi, workers).items():
+        path = Path(out_dir) / f"{FIGURES[key]}.{fmt}"
+        write_bytes(path, data)
+        written[key] = path
     text = summary_markdown(
         str(params.get("study", "")),
         summary,

@@ -185,13 +185,15 @@ rule gates_report:
         f"{GATES_LOGS}/report.log",
     benchmark:
         f"{GATES_BENCH}/report.tsv"
-    threads: 1
+    # The figures are drawn in parallel (style.render_all) at the end of the study, when
+    # nothing else runs beside the job. Capped at --cores.
+    threads: 2
     conda:
         "../envs/prunetime.yaml"
     shell:
         "python scripts/gates_report.py --params {params.cfg:q} --runs {input.runs:q} "
         "--epochs {input.epochs:q} --thetas {input.thetas:q} --out-dir {params.figdir:q} "
-        "--out-md {output.summary_md:q} > {log:q} 2>&1"
+        "--out-md {output.summary_md:q} --threads {threads} > {log:q} 2>&1"
 
 
 # What `rule all` asks for when the config has a gates section.

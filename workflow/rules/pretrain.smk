@@ -195,14 +195,17 @@ rule pretrain_report:
         f"{PRE_LOGS}/report.log",
     benchmark:
         f"{PRE_BENCH}/report.tsv"
-    threads: 1
+    # The figures are drawn in parallel (style.render_all) at the end of the study, when
+    # nothing else runs beside the job. Capped at --cores.
+    threads: 2
     conda:
         "../envs/prunetime.yaml"
     shell:
         "python scripts/pretrain_report.py --params {params.cfg:q} --curves {input.curves:q} "
         "--thresholds {input.thresholds:q} --summary {input.summary:q} --fits {input.fits:q} "
         "--fits-md {input.fits_md:q} --metrics {input.metrics:q} --out-dir {params.figdir:q} "
-        "--out-md {output.summary_md:q} --table-dir {params.tabledir:q} > {log:q} 2>&1"
+        "--out-md {output.summary_md:q} --table-dir {params.tabledir:q} --threads {threads} "
+        "> {log:q} 2>&1"
 
 
 # What `rule all` asks for when the config has a pretrain section.
