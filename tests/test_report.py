@@ -10,6 +10,7 @@ import sys
 from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 from xml.etree import ElementTree
 
 import numpy as np
@@ -152,8 +153,11 @@ def inputs(tmp_path: Path) -> dict:
     return make_inputs(tmp_path)
 
 
-def report(inputs: dict, fmt: str = "png") -> dict[str, Path]:
-    out = inputs["out"]
+def report(
+    inputs: dict, fmt: str = "png", out: Path | None = None, **kwargs: Any
+) -> dict[str, Path]:
+    """run_report on the synthetic tables, writing under ``out`` (default inputs["out"])."""
+    out = inputs["out"] if out is None else out
     return run_report(
         {"report": {"format": fmt, "dpi": 150}, "study": "synthetic"},
         inputs["runs"],
@@ -164,6 +168,7 @@ def report(inputs: dict, fmt: str = "png") -> dict[str, Path]:
         out / "figures",
         out / "summary.md",
         out / "summary.html",
+        **kwargs,
     )
 
 
@@ -345,18 +350,7 @@ def test_dpi_below_legible_is_refused(inputs: dict) -> None:
 
 def test_display_tables_for_the_snakemake_report(inputs: dict) -> None:
     out = inputs["out"]
-    written = run_report(
-        {"report": {"format": "svg", "dpi": 150}, "study": "synthetic"},
-        inputs["runs"],
-        inputs["summary"],
-        inputs["dense"],
-        inputs["metrics"],
-        inputs["curves"],
-        out / "figures",
-        out / "summary.md",
-        out / "summary.html",
-        out / "display",
-    )
+    written = report(inputs, "svg", table_dir=out / "display")
     assert sorted(p.name for p in (out / "display").iterdir()) == sorted(
         f"{stem}.html" for stem, _ in TABLES.values()
     )
@@ -408,18 +402,7 @@ def test_figures_drawn_in_parallel_equal_those_drawn_one_by_one(inputs: dict) ->
     every file is byte for byte the one a single process writes."""
     alone = report(inputs)
     out = inputs["out"].parent / "parallel"
-    together = run_report(
-        {"report": {"format": "png", "dpi": 150}, "study": "synthetic"},
-        inputs["runs"],
-        inputs["summary"],
-        inputs["dense"],
-        inputs["metrics"],
-        inputs["curves"],
-        out / "figures",
-        out / "summary.md",
-        out / "summary.html",
-        workers=2,
-    )
+    together = report(inputs, out=out, workers=2)
     for key in FIGURES:
         assert together[key].read_bytes() == alone[key].read_bytes(), key
     assert (out / "summary.html").read_bytes() == alone["html"].read_bytes()
