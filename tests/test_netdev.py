@@ -166,3 +166,62 @@ def test_normalised_d_per_sweep_in_the_runs_table():
     means = out.groupby(["method", "amount"])["D"].mean()
     assert means[("random", 0.1)] == pytest.approx(1 / 3) and means[("random", 0.5)] == 1.0
     assert out["ndev_absdev"].tolist() == [0.5, 1.5, 2.0, 4.0, 8.0, 2.0]
+
+
+def _relu_max_pool2d(y: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.max_pool2d(torch.relu(y), 2)
+
+
+@pytest.mark.parametrize("arch", ["lenet5", "lenet5_classic"])
+def test_plain_forwards_pool_by_strided_maxima_with_max_pool2d_values(arch, monkeypatch):
+    """Without autograd the conv stages pool by strided maxima (models.max_pool2), with
+    max_pool2d where derivatives are taken: every Net Deviation quantity is bitwise the one
+    max_pool2d gives everywhere, ties from zero (relu) regions included."""
+    model = _model(arch, std=0.3, seed=2)
+    x = _x(6, seed=3)
+    x[:, :, :8] = 0.0  # blank rows: equal (zero) maxima in many windows
+    pruned = copy.deepcopy(model)
+    apply_pruning(
+        pruned, build_pruner("random"), weight_names(pruned), 0.5,
+        torch.Generator().manual_seed(4), x,
+    )  # fmt: skip
+    ys = netdev.reference(model, x)
+    jac = netdev.jacobian_norms(model, x)
+    out = netdev.net_deviation(model, _params(pruned), x, jac, ys)
+    with torch.no_grad():
+        y = model.conv1(x)
+        assert torch.equal(netdev._relu_pool(y), _relu_max_pool2d(y))
+        assert bool((torch.relu(y) == 0).any())
+    monkeypatch.setattr(netdev, "_relu_pool", _relu_max_pool2d)
+    # the stages hold the function itself: rebuilt with the patched one
+    ref_ys = netdev.reference(model, x)
+    assert all(torch.equal(a, b) for a, b in zip(ys, ref_ys, strict=True))
+    assert netdev.jacobian_norms(model, x) == jac
+    assert netdev.net_deviation(model, _params(pruned), x, jac) == out
+
+
+def test_net_deviation_reuses_the_reference_forward_of_its_job(monkeypatch):
+    """A pruning job computes the unpruned network's forward once for all trials: passing it
+    gives the very numbers of computing it per trial, and the jvp and output passes then run
+    no forward of the unpruned network of their own."""
+    model = _model("lenet5", std=0.3, seed=5)
+    x = _x(5, seed=6)
+    pruned = _params(model)
+    w = pruned["conv2.weight"]
+    keep = torch.rand(w.shape, generator=torch.Generator().manual_seed(7)) > 0.5
+    pruned["conv2.weight"] = w * keep
+    jac = netdev.jacobian_norms(model, x)
+    ys = netdev.reference(model, x)
+    calls = []
+    original = netdev.reference
+
+    def counted(*args):
+        calls.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(netdev, "reference", counted)
+    alone = netdev.net_deviation(model, pruned, x, jac)
+    assert len(calls) == 1
+    shared = netdev.net_deviation(model, pruned, x, jac, ys)
+    assert len(calls) == 1
+    assert shared == alone and alone["ndev_lhs"] > 0

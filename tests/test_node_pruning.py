@@ -424,7 +424,8 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> dict:
         ("random", 3, "secant"),
     ],
 )
-def test_prune_and_retrain_jobs(tiny_study, method, trials, estimator):
+def test_prune_and_retrain_jobs(tiny_study, method, trials, estimator, monkeypatch):
+    from prunetime import netdev
     from prunetime.io import load_torch, read_json
     from prunetime.plan import job_config
     from prunetime.study import run_prune, run_retrain
@@ -434,11 +435,15 @@ def test_prune_and_retrain_jobs(tiny_study, method, trials, estimator):
     assert ("trials" in pcfg) == (trials > 1) and ("clustered" in pcfg) == (method == "clustered")
     assert ("greedy_node" in pcfg) == (method == "greedy_node")
     assert ("with_replacement" in pcfg) == (method == "random") and pcfg["data"]["size"] == 40
+    references = []
+    reference = netdev.reference
+    monkeypatch.setattr(netdev, "reference", lambda *a: references.append(1) or reference(*a))
     rows = run_prune(
         cfg, "mlp", 0, method, 0.5, root / "data.pt", root / "d.pt", root / f"{method}.pt",
         root / f"{method}.csv", netdev_ref=root / "jac.json",
     )  # fmt: skip
     assert [r["trial"] for r in rows] == list(range(trials))  # one trial if deterministic
+    assert len(references) == 1  # the unpruned network's forward, once for all trials
     h1, h2 = (150, 50) if method != "random" else (300, 100)
     for r in rows:
         assert r["mu_estimator"] == estimator and r["mu1"] == r[f"mu1_{estimator}"] > 0

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jacrev, jvp, vmap
 
-from prunetime.models import LeNet5Classic, LeNet5Paper, LeNet300100
+from prunetime.models import LeNet5Classic, LeNet5Paper, LeNet300100, max_pool2
 
 NORMS = ("fro", "spectral")
 Tensor = torch.Tensor
@@ -55,8 +55,14 @@ def _ident(y: Tensor) -> Tensor:
 
 
 def _relu_pool(y: Tensor) -> Tensor:
-    # max_pool2d itself: under jacrev/jvp it is several times faster than strided maxima.
-    return F.max_pool2d(torch.relu(y), 2)
+    """relu, then 2x2 max pooling: max_pool2d itself where derivatives are taken (under
+    jacrev/jvp it is several times faster than strided maxima, and its tie routing is the
+    reference); the plain forwards, without autograd, take the maxima of strided views
+    (:func:`prunetime.models.max_pool2`: the same values, several times faster)."""
+    y = torch.relu(y)
+    if torch.is_grad_enabled() or torch._C._functorch.is_functorch_wrapped_tensor(y):
+        return F.max_pool2d(y, 2)
+    return max_pool2(y)
 
 
 def stages(model: nn.Module) -> list[Stage]:
@@ -126,8 +132,7 @@ def jacobian_norms(
     stage's Jacobian is about 1M floats per sample: small chunks bound the job's memory).
     """
     params = {k: v.detach() for k, v in model.named_parameters()}
-    with torch.no_grad():
-        ys = forward(model, x, params)
+    ys = reference(model, x)
     out = {}
     for i, st in enumerate(stages(model)):
         if i == 0:
@@ -145,14 +150,28 @@ def jacobian_norms(
     return out
 
 
-def jvp_norms(model: nn.Module, x: Tensor, delta: Mapping[str, Tensor]) -> dict[str, float]:
+def reference(model: nn.Module, x: Tensor) -> list[Tensor]:
+    """:func:`forward` of the unpruned network without autograd: what every trial's Net
+    Deviation starts from, so a job computes it once for all its trials."""
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    with torch.no_grad():
+        return forward(model, x, params)
+
+
+def jvp_norms(
+    model: nn.Module,
+    x: Tensor,
+    delta: Mapping[str, Tensor],
+    ys: Sequence[Tensor] | None = None,
+) -> dict[str, float]:
     """Mean over samples of ||dY(l)/dW(l-1) . dW(l-1)|| per stage, at the unpruned network.
 
-    ``delta`` holds the parameter changes by full name (weights and biases; missing = 0).
+    ``delta`` holds the parameter changes by full name (weights and biases; missing = 0);
+    ``ys``: :func:`reference` of ``model`` on ``x`` where the caller has it.
     """
     params = dict(model.named_parameters())
-    with torch.no_grad():
-        ys = forward(model, x)
+    if ys is None:
+        ys = reference(model, x)
     out = {}
     for i, st in enumerate(stages(model)):
         primal = {k: v.detach() for k, v in _stage_params(model, st, params).items()}
@@ -182,26 +201,38 @@ def propagation_bound(jac: Mapping[str, float], jvps: Mapping[str, float]) -> fl
     return total
 
 
-def output_deviation(model: nn.Module, pruned: Mapping[str, Tensor], x: Tensor) -> float:
-    """Mean over samples of ||Y_pruned(L) - Y(L)||: the measured change of the output."""
+def output_deviation(
+    model: nn.Module, pruned: Mapping[str, Tensor], x: Tensor, y0: Tensor | None = None
+) -> float:
+    """Mean over samples of ||Y_pruned(L) - Y(L)||: the measured change of the output
+    (``y0``: the unpruned output Y(L), where the caller has it)."""
+    if y0 is None:
+        y0 = reference(model, x)[-1]
     with torch.no_grad():
-        y0 = forward(model, x)[-1]
         y1 = forward(model, x, pruned)[-1]
     return float((y1 - y0).reshape(len(x), -1).norm(dim=1).mean())
 
 
 def net_deviation(
-    model: nn.Module, pruned: Mapping[str, Tensor], x: Tensor, jac: Mapping[str, float]
+    model: nn.Module,
+    pruned: Mapping[str, Tensor],
+    x: Tensor,
+    jac: Mapping[str, float],
+    ys: Sequence[Tensor] | None = None,
 ) -> dict[str, float]:
     """||dY(L)||, the right-hand side of the propagation bound, and dev = LHS - RHS.
 
     ``model`` holds the unpruned weights W*, ``pruned`` the pruned parameters (full names),
-    ``jac`` the mean Jacobian norms of :func:`jacobian_norms` on the same data ``x``.
+    ``jac`` the mean Jacobian norms of :func:`jacobian_norms` on the same data ``x``, ``ys``
+    (optional) :func:`reference` of ``model`` on ``x``: a pruning job passes it to all of its
+    trials (the same tensors each would compute; it was 2 of a trial's 3 forwards).
     """
     params = {k: v.detach() for k, v in model.named_parameters()}
     delta = {k: pruned[k].to(v) - v for k, v in params.items()}
-    jvps = jvp_norms(model, x, delta)
-    lhs = output_deviation(model, pruned, x)
+    if ys is None:
+        ys = reference(model, x)
+    jvps = jvp_norms(model, x, delta, ys)
+    lhs = output_deviation(model, pruned, x, ys[-1])
     rhs = propagation_bound(jac, jvps)
     out = {"ndev_lhs": lhs, "ndev_rhs": rhs, "ndev_dev": lhs - rhs}
     out.update({f"ndev_jvp[{k}]": v for k, v in jvps.items()})

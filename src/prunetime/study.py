@@ -314,6 +314,7 @@ def run_prune(
         if ref["norm"] != config["netdev"]["norm"] or ref["data"] != pcfg["data"]:
             raise ValueError(f"{netdev_ref}: computed for other netdev/pruning.data settings")
         jac = ref["jacobian_norms"]
+    ys_star = netdev.reference(star, pdata.x) if jac is not None else None
     estimator = curvature.estimator_for(method.level)
 
     rows: list[dict[str, Any]] = []
@@ -359,7 +360,7 @@ def run_prune(
         row.update(mu_estimator=estimator, mu1=mu[f"mu1_{estimator}"], mu2=mu[f"mu2_{estimator}"])
         if jac is not None:
             pruned = {k: v.detach() for k, v in model.named_parameters()}
-            row.update(netdev.net_deviation(star, pruned, pdata.x, jac))
+            row.update(netdev.net_deviation(star, pruned, pdata.x, jac, ys_star))
         row.update({f"sparsity[{n}]": sparsity[n] for n in layers if n in sparsity})
         rows.append(row)
         rec: dict[str, Any] = {"masks": pack_masks(masks)}
