@@ -42,6 +42,8 @@ def test_quick_run_writes_tables_figures_and_headline_metrics(gates_run: Path) -
     for name in ("accuracy_vs_flops", "accuracy_vs_params", "theta_trajectories", "epoch_time"):
         png = (res / "figures" / f"{name}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    log = (res.parent / "logs" / "gates" / "report.log").read_text()
+    assert "drawing 4 figures in 2 processes" in log  # --cores 2: the job's two cores
     runs = pd.read_csv(res / "tables" / "runs.csv")
     n_nets, n_seeds, n_lams = len(g["networks"]), len(cfg["seeds"]), len(g["lambdas"])
     expected = n_nets * n_seeds * (len(g["variants"]) * n_lams + 1 + n_lams)

@@ -50,6 +50,8 @@ def test_quick_run_writes_figures_tables_and_summary(pretrain_run: Path) -> None
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
     md = (res / "summary.md").read_text()
     assert "T*(m)" in md and "figures/threshold_vs_m.png" in md
+    log = (res.parent / "logs" / "pretrain" / "report.log").read_text()
+    assert "drawing 4 figures in 2 processes" in log  # --cores 2: the job's two cores
     fits_md = (res / "tables" / "fits.md").read_text()
     for law in LAWS:
         assert f"| {law} " in fits_md

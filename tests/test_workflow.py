@@ -34,6 +34,8 @@ def test_quick_run_produces_tables_and_figures(quick_run: Path) -> None:
         path = res / "figures" / f"{fig}.png"
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
     assert (res / "summary.md").stat().st_size > 0
+    # run with --cores 2: the report job got both cores and drew its figures in two processes
+    assert "drawing 6 figures in 2 processes" in (res / "logs" / "report.log").read_text()
     runs = pd.read_csv(res / "tables" / "runs.csv")
     # A deterministic method (magnitude, magnitude_node, clustered) runs one trial, not copies.
     trials = {m: PRUNERS[m].n_trials(cfg["pruning"]["trials"]) for m in cfg["pruning"]["methods"]}

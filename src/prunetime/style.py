@@ -10,6 +10,7 @@ and in parallel jobs.
 from __future__ import annotations
 
 import io
+import logging
 import multiprocessing
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -23,6 +24,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from prunetime.io import atomic_path
+
+log = logging.getLogger("prunetime")
 
 FORMATS = ("png", "svg")
 MIN_DPI = 150  # PNG figures below this resolution are not legible when a page scales them
@@ -107,8 +110,10 @@ def render_all(
     """
     workers = min(workers, len(plots))
     if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        log.info("drawing %d figures in 1 process", len(plots))
         with rc_context(theme()):
             return {key: render(make(), fmt, dpi) for key, make in plots.items()}
+    log.info("drawing %d figures in %d processes", len(plots), workers)
     _PENDING.update({key: (make, fmt, dpi) for key, make in plots.items()})
     try:
         ctx = multiprocessing.get_context("fork")
