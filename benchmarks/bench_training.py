@@ -8,8 +8,12 @@ Side by side in this process, for LeNet-300-100 and LeNet-5 at batch 128 with Ad
 - reference: ``torchvision.datasets.MNIST`` with ``ToTensor()`` + ``Normalize`` through a
   ``DataLoader(batch_size=128, shuffle=True)`` and ``torch.optim.Adam``, the usual recipe;
 - ceiling: this machine's fp32 GFLOP/s on a large square matmul (same thread count), and the
-  model's training FLOPs per sample counted by ``torch.utils.flop_counter.FlopCounterMode``.
-Prints samples/s, the speedup over the recipe and the share of the ceiling reached.
+  model's training FLOPs per sample counted by ``torch.utils.flop_counter.FlopCounterMode``;
+- kernel floor: the time per step of the step's own matmul/convolution kernels and its fused
+  Adam update alone (torch.profiler's self CPU time, same step), and the share of the ceiling
+  a trainer would reach if everything else in the step (activations, loss, bias gradients,
+  the batch gather, every op's dispatch) cost nothing: the bound these kernels put on it.
+Prints samples/s, the speedup over the recipe, the share of the ceiling reached and that bound.
 """
 
 from __future__ import annotations
@@ -52,6 +56,30 @@ def train_flops_per_sample(arch: str) -> float:
     with FlopCounterMode(display=False) as counter:
         F.cross_entropy(model(x), y).backward()
     return counter.get_total_flops() / BATCH
+
+
+# The kernels that do a step's FLOPs (forward, both backward products) and its optimizer update.
+KERNELS = (
+    "aten::addmm", "aten::mm", "aten::mkldnn_convolution", "aten::convolution_backward",
+    "aten::_fused_adam_",
+)  # fmt: skip
+
+
+def kernel_seconds(arch: str, train: Split, steps: int = 100) -> float:
+    """Seconds per step spent in the step's matmul/convolution kernels and its fused Adam
+    (self CPU time under torch.profiler: what no trainer using these kernels can go below)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = build_model(arch)
+    opt = make_optimizer("adam", list(model.parameters()), 0.001)
+    stream = BatchStream(len(train), BATCH, torch.Generator().manual_seed(0))
+    for _ in range(5):  # warm-up
+        train_step(model, opt, *train.batch(next(stream)))
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            train_step(model, opt, *train.batch(next(stream)))
+    us = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in KERNELS)
+    return us / 1e6 / steps
 
 
 def ours(arch: str, train: Split, steps: int) -> float:
@@ -115,17 +143,23 @@ def main() -> None:
         print(f"threads {a.threads}; fp32 matmul ceiling {ceiling:.1f} GFLOP/s (2048^3, best of 5)")
         print(
             f"{'model':<12} {'ours/s':>9} {'recipe/s':>9} {'speedup':>8} {'GFLOP/s':>8} "
-            f"{'of ceiling':>10}"
+            f"{'of ceiling':>10} {'kernels ms':>10} {'bound':>6}"
         )
         for arch in ("lenet300100", "lenet5"):
             fps = train_flops_per_sample(arch)
             rec = recipe(arch, root, a.steps)
             our = ours(arch, train, a.steps)
             achieved = our * fps / 1e9
+            kern = kernel_seconds(arch, train)
+            bound = BATCH * fps / kern / 1e9 / ceiling
             print(
                 f"{arch:<12} {our:9.0f} {rec:9.0f} {our / rec:7.1f}x {achieved:8.1f} "
-                f"{achieved / ceiling:9.0%}"
+                f"{achieved / ceiling:9.0%} {kern * 1e3:10.2f} {bound:6.0%}"
             )
+        print(
+            "bound: the share of the ceiling if only the step's matmul/conv kernels and its "
+            "Adam update took time (everything else free)"
+        )
 
 
 if __name__ == "__main__":
