@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prunetime.backprop import Chain
+
 ModelFactory = Callable[[], nn.Module]
 MODELS: dict[str, ModelFactory] = {}
 
@@ -154,6 +156,12 @@ class LeNet300100(nn.Module):
         x = self.act(self.fc1(x))
         x = self.act(self.fc2(x))
         return self.fc3(x)
+
+    def linear_chain(self) -> Chain:
+        """Its layers as a chain: training steps take their gradients without autograd."""
+        return Chain(
+            ("fc1", "fc2", "fc3"), "sigmoid" if isinstance(self.act, nn.Sigmoid) else "relu"
+        )
 
 
 class LeNet5Paper(nn.Module):

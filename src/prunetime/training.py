@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prunetime import backprop
 from prunetime.data import EVAL_CHUNK, Split
 from prunetime.io import load_torch, save_torch
 
@@ -166,10 +167,21 @@ def train_step(
     masks: dict[str, torch.Tensor] | None = None,
     params: dict[str, nn.Parameter] | None = None,
 ) -> float:
-    """One optimizer step; with masks, pruned weights get no gradient and stay exactly zero."""
+    """One optimizer step; with masks, pruned weights get no gradient and stay exactly zero.
+
+    A fully connected chain (``linear_chain()``) takes its gradients from
+    :mod:`prunetime.backprop`, bitwise autograd's, without building a graph.
+    """
     opt.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(model(x), y)
-    loss.backward()
+    chain = backprop.chain_of(model)
+    if chain is not None:
+        named = dict(model.named_parameters())
+        loss, grads = backprop.loss_and_grads(chain, named, x, y)
+        for name, g in grads.items():
+            named[name].grad = g
+    else:
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
     if masks:
         assert params is not None
         for name, m in masks.items():
