@@ -16,7 +16,8 @@ to |L - L*| <= eps by ``prunetime.ensemble.retrain_trials``, side by side in thi
    every step), on the first ``--authors-trials`` trials;
 4. the exact savings of the job set-up, each switched off in turn on the same trials: the
    screen of the checks, the NaN fill of new tensors (torch's deterministic mode), the
-   input-column cut of the checks (fully connected models) and the fast max pooling in
+   input-column cut of the checks (fully connected models), the steps and checks without
+   autograd (``prunetime.backprop``, fully connected chains) and the fast max pooling in
    training (conv models).
 Everything runs as the retraining jobs do (``study.setup_torch``: deterministic algorithms).
 Absolute times depend on the machine and its load; the ratios are what to read.
@@ -34,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from _common import add_mirror_arg  # noqa: E402  (puts the project's src on sys.path)
 
-from prunetime import ensemble, models  # noqa: E402
+from prunetime import backprop, ensemble, models  # noqa: E402
 from prunetime.data import eval_indices, load_prepared, prepare_dataset  # noqa: E402
 from prunetime.ensemble import TrialSpec, retrain_trials  # noqa: E402
 from prunetime.models import build_model, init_weights, weight_names  # noqa: E402
@@ -200,6 +201,8 @@ def setup_savings(model: torch.nn.Module, n: int, run) -> None:
 
     uncut = copy.deepcopy(model)
     uncut.input_weight = None
+    chainless = copy.deepcopy(model)  # no linear_chain(): autograd and functional_call
+    chainless.linear_chain = None
     variants = {
         "as the jobs run": {},
         "unscreened checks": {"screen": False},
@@ -207,6 +210,8 @@ def setup_savings(model: torch.nn.Module, n: int, run) -> None:
     }
     if getattr(model, "input_weight", None):
         variants["checks over all input columns"] = {"template": uncut}
+    if backprop.chain_of(model) is not None:
+        variants["autograd steps and checks"] = {"template": chainless}
     if any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
         variants["max_pool2d in training"] = {"pool": True}
     best: dict[str, float] = {}
