@@ -3,13 +3,11 @@
 A LeNet-300-100 retraining step at batch 128 took 3.6 ms on one CPU thread, against 2.6 ms
 for the same step on a plain module, of which its matmul kernels and Adam update take
 1.6-1.7 ms: the difference was ``functional_call``'s parameter swapping and autograd's
-bookkeeping. A model that is a
-plain chain of ``Linear``
-layers with one elementwise activation between them (it says so through a
-``linear_chain()`` method) is stepped here instead. The forward and the backward call the
-aten kernels autograd calls, on tensors of the same layouts, in the same order, so losses,
-gradients and trained weights are bitwise those of ``loss.backward()``; the tests hold them
-to that. Every other model keeps autograd.
+bookkeeping. A model that is a plain chain of ``Linear`` layers with one elementwise
+activation between them (it says so through a ``linear_chain()`` method) is stepped here
+instead. The forward and the backward call the aten kernels autograd calls, on tensors of
+the same layouts, in the same order, so losses, gradients and trained weights are bitwise
+those of ``loss.backward()``; the tests hold them to that. Every other model keeps autograd.
 """
 
 from __future__ import annotations
