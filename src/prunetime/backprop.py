@@ -32,16 +32,18 @@ class Chain:
 
 
 def chain_of(model: nn.Module) -> Chain | None:
-    """The model's chain, or None (no ``linear_chain()``, or a layer without a bias)."""
+    """The model's chain, or None (no ``linear_chain()``, or a layer that is not a Linear
+    with a bias). Cheap: training steps ask it at every step."""
     declare = getattr(model, "linear_chain", None)
     if declare is None:
         return None
     chain = declare()
     if chain.activation not in ACTIVATIONS:
         raise ValueError(f"linear_chain activation {chain.activation!r}; allowed: {ACTIVATIONS}")
-    names = dict(model.named_parameters())
-    if any(f"{n}.weight" not in names or f"{n}.bias" not in names for n in chain.layers):
-        return None
+    for name in chain.layers:
+        layer = getattr(model, name, None)
+        if not isinstance(layer, nn.Linear) or layer.bias is None:
+            return None
     return chain
 
 
