@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -58,6 +59,20 @@ def train_flops_per_sample(arch: str) -> float:
     return counter.get_total_flops() / BATCH
 
 
+def _warm_trainer(arch: str, train: Split) -> Callable[[], float]:
+    """One prunetime training step of a fresh ``arch`` with Adam, after five warm-up steps."""
+    model = build_model(arch)
+    opt = make_optimizer("adam", list(model.parameters()), 0.001)
+    stream = BatchStream(len(train), BATCH, torch.Generator().manual_seed(0))
+
+    def step() -> float:
+        return train_step(model, opt, *train.batch(next(stream)))
+
+    for _ in range(5):
+        step()
+    return step
+
+
 # The kernels that do a step's FLOPs (forward, both backward products) and its optimizer update.
 KERNELS = (
     "aten::addmm", "aten::mm", "aten::mkldnn_convolution", "aten::convolution_backward",
@@ -70,28 +85,20 @@ def kernel_seconds(arch: str, train: Split, steps: int = 100) -> float:
     (self CPU time under torch.profiler: what no trainer using these kernels can go below)."""
     from torch.profiler import ProfilerActivity, profile
 
-    model = build_model(arch)
-    opt = make_optimizer("adam", list(model.parameters()), 0.001)
-    stream = BatchStream(len(train), BATCH, torch.Generator().manual_seed(0))
-    for _ in range(5):  # warm-up
-        train_step(model, opt, *train.batch(next(stream)))
+    step = _warm_trainer(arch, train)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
-            train_step(model, opt, *train.batch(next(stream)))
+            step()
     us = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in KERNELS)
     return us / 1e6 / steps
 
 
 def ours(arch: str, train: Split, steps: int) -> float:
     """Samples/s of prunetime's trainer (in-memory tensors, index batches)."""
-    model = build_model(arch)
-    opt = make_optimizer("adam", list(model.parameters()), 0.001)
-    stream = BatchStream(len(train), BATCH, torch.Generator().manual_seed(0))
-    for _ in range(5):  # warm-up
-        train_step(model, opt, *train.batch(next(stream)))
+    step = _warm_trainer(arch, train)
     t0 = time.perf_counter()
     for _ in range(steps):
-        train_step(model, opt, *train.batch(next(stream)))
+        step()
     return steps * BATCH / (time.perf_counter() - t0)
 
 
